@@ -1,0 +1,1 @@
+"""Data preparation for the dld-brain recipes: CSV manifests in SpeechBrain's schema."""

@@ -1,0 +1,117 @@
+"""CSV manifests in SpeechBrain's schema (``ID, duration, wav, spk_id, wrd``) and shared prep helpers.
+
+Every preparation script writes its manifests through :func:`write_manifest` (atomic, validated) and
+uses :class:`PrepMarker` to skip work that was already done with the same options (idempotent prep).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import soundfile
+
+MANIFEST_FIELDS = ("ID", "duration", "wav", "spk_id", "wrd")
+
+
+class DataPrepError(RuntimeError):
+    """A corpus or manifest problem that the user must fix; the message names the file and the fix."""
+
+
+def audio_info(path: str | os.PathLike) -> tuple[float, int, int]:
+    """Return ``(duration_s, sample_rate, channels)`` of an audio file, or raise DataPrepError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataPrepError(f"Audio file not found: {path}")
+    try:
+        info = soundfile.info(str(path))
+    except Exception as err:  # soundfile raises several types for broken files
+        raise DataPrepError(
+            f"Unreadable audio file {path}: {err}. Re-download or remove it from the corpus."
+        ) from err
+    if info.frames <= 0:
+        raise DataPrepError(f"Empty audio file (0 samples): {path}")
+    return info.frames / info.samplerate, info.samplerate, info.channels
+
+
+def write_manifest(
+    path: str | os.PathLike,
+    rows: Iterable[Mapping[str, object]],
+    fields: Sequence[str] = MANIFEST_FIELDS,
+) -> int:
+    """Write ``rows`` to a CSV at ``path`` atomically (temp file + rename); return the row count.
+
+    Raises DataPrepError for a missing field or a duplicate ID, so a half-valid manifest never lands.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    count = 0
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(fields))
+            writer.writeheader()
+            for row in rows:
+                missing = [f for f in fields if f not in row]
+                if missing:
+                    raise DataPrepError(f"{path}: row {row.get('ID', count)} lacks fields {missing}")
+                if row["ID"] in seen:
+                    raise DataPrepError(f"{path}: duplicate ID {row['ID']}")
+                seen.add(str(row["ID"]))
+                writer.writerow({f: row[f] for f in fields})
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count
+
+
+def read_manifest(path: str | os.PathLike, required: Sequence[str] = MANIFEST_FIELDS) -> list[dict]:
+    """Read a manifest CSV into a list of dicts; raise DataPrepError if it is missing, empty or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataPrepError(f"Manifest not found: {path}. Run the recipe's data preparation first.")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [f for f in required if f not in header]
+        if missing:
+            raise DataPrepError(f"Manifest {path} lacks columns {missing} (has {header}).")
+        rows = list(reader)
+    if not rows:
+        raise DataPrepError(f"Manifest {path} has no rows.")
+    return rows
+
+
+class PrepMarker:
+    """Records the options a preparation ran with, so an identical rerun is skipped (idempotent prep).
+
+    The marker is written last, after every manifest, so a prep killed half-way is redone.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str, options: Mapping[str, object]):
+        self.path = Path(folder) / f".{name}_prepared.json"
+        self.options = json.loads(json.dumps(dict(options), sort_keys=True, default=str))
+
+    def done(self, outputs: Sequence[str | os.PathLike] = ()) -> bool:
+        """True when a previous run with the same options finished and its outputs still exist."""
+        if not self.path.is_file() or not all(Path(p).exists() for p in outputs):
+            return False
+        try:
+            return json.loads(self.path.read_text()) == self.options
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    def mark(self) -> None:
+        """Record that preparation finished with these options."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.options, sort_keys=True, indent=1))
+        os.replace(tmp, self.path)
