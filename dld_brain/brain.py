@@ -1,0 +1,223 @@
+"""Brains for dynamic-depth CTC models: static teacher, RDsc, RDLD and DLD from one class.
+
+The method is chosen by hyperparameters, not code:
+
+=========  ============  ==================  =================  ==========
+method     ``drop_prob``  ``teacher_checkpoint``  ``init_from_teacher``  ``kd_weight``
+=========  ============  ==================  =================  ==========
+static     0              -                   -                  0
+RDsc       0.5            -                   -                  0
+RDLD       0.5            teacher run         True               0
+DLD        0.5            teacher run         True               > 0
+=========  ============  ==================  =================  ==========
+
+DLD's objective is ``CTC(student) + kd_weight * KL(teacher || student)`` on frame-level CTC posteriors of a
+frozen teacher (see :mod:`dld_brain.losses`). The teacher lives outside ``self.modules``: SpeechBrain never
+puts it back in train mode, never checkpoints it and never wraps it in DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+from speechbrain.utils.metric_stats import ErrorRateStats
+
+from dld_brain.losses import ctc_posterior_kl
+from dld_brain.teacher import load_teacher
+
+logger = logging.getLogger(__name__)
+
+
+class MethodConfigError(ValueError):
+    """Inconsistent method hyperparameters (e.g. KD without a teacher); the message names the keys."""
+
+
+def check_method_config(hparams: dict) -> None:
+    """Reject hyperparameter combinations that would silently train something else than intended."""
+    kd = float(hparams.get("kd_weight", 0.0) or 0.0)
+    teacher = hparams.get("teacher_checkpoint")
+    if kd < 0:
+        raise MethodConfigError(f"kd_weight must be >= 0, got {kd}")
+    if kd > 0 and not teacher:
+        raise MethodConfigError("kd_weight > 0 (DLD) needs teacher_checkpoint: the teacher run's output folder")
+    if hparams.get("init_from_teacher") and not teacher:
+        raise MethodConfigError("init_from_teacher: True needs teacher_checkpoint: the teacher run's output folder")
+
+
+class DynamicDepthCTCBrain(sb.Brain):
+    """CTC training with gated layer dropping and optional distillation from a frozen teacher.
+
+    Expects in ``modules``: ``model`` (e.g. :class:`dld_brain.lobes.ConformerCTC`) and ``normalize``
+    (feature normalisation); in ``hparams``: ``compute_features``, ``ctc_cost``, ``blank_index``,
+    ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (list),
+    ``lr_annealing``, ``valid_depths``, ``kd_weight``, ``kd_temperature``, ``kd_normalisation``,
+    ``teacher_checkpoint``, ``init_from_teacher``.
+    """
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        check_method_config(hparams or {})
+        run_opts = dict(run_opts or {})
+        encoder = modules["model"].encoder
+        if encoder.drop_prob > 0:
+            # Skipped layers leave parameters without gradient in a step; DDP must be told.
+            run_opts.setdefault("find_unused_parameters", True)
+        super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
+        self.teacher: Optional[dict] = None
+        self.teacher_ckpt: Optional[Path] = None
+        self.kd_weight = float(self.hparams_get("kd_weight", 0.0) or 0.0)
+        self.wer_file: Optional[Path] = None
+        self.test_stats: dict = {}
+        if self.hparams_get("teacher_checkpoint"):
+            self._setup_teacher(self.hparams_get("teacher_checkpoint"))
+        if self.checkpointer is not None and "gate_sampler" not in self.checkpointer.recoverables:
+            self.checkpointer.add_recoverable("gate_sampler", encoder.gate_sampler)
+
+    def hparams_get(self, key, default=None):
+        """A hyperparameter or ``default`` when the YAML does not define it."""
+        return getattr(self.hparams, key, default)
+
+    # ----------------------------------------------------------------- teacher
+    def _setup_teacher(self, checkpoint) -> None:
+        """Load the frozen teacher; initialise the student from it when asked (before any resume)."""
+        student = {"model": self.modules.model, "normalize": self.modules.normalize}
+        teacher, self.teacher_ckpt = load_teacher(student, checkpoint)
+        for module in teacher.values():
+            module.to(self.device)
+        if self.hparams_get("init_from_teacher", False):
+            self.modules.model.load_state_dict(teacher["model"].state_dict())
+            get_default_hook(self.modules.normalize, DEFAULT_LOAD_HOOKS)(
+                self.modules.normalize, self.teacher_ckpt / "normalize.ckpt", False)
+            # Keep the teacher's statistics: student and teacher then see identical features.
+            self.modules.normalize.update_until_epoch = 0
+            logger.info("Student initialised from teacher %s", self.teacher_ckpt)
+        if self.kd_weight > 0:
+            self.teacher = teacher
+
+    # ----------------------------------------------------------------- forward / loss
+    def compute_features(self, batch, stage):
+        """Waveforms -> normalised (and in training, augmented) filterbanks; returns (feats, wav_lens)."""
+        wavs, wav_lens = batch.sig
+        augment_wav = self.hparams_get("wav_augment")
+        if stage == sb.Stage.TRAIN and augment_wav is not None:
+            wavs = augment_wav(wavs)
+        feats = self.hparams.compute_features(wavs)
+        feats = self.modules.normalize(feats, wav_lens, epoch=self.hparams.epoch_counter.current)
+        if stage == sb.Stage.TRAIN:
+            for augment in self.hparams_get("spec_augment") or []:
+                feats = augment(feats)
+        return feats, wav_lens
+
+    def compute_forward(self, batch, stage):
+        """Student CTC log-posteriors, and in DLD training the frozen teacher's on the same features."""
+        batch = batch.to(self.device)
+        feats, wav_lens = self.compute_features(batch, stage)
+        log_probs = self.modules.model(feats, wav_lens)
+        teacher_log_probs = None
+        if stage == sb.Stage.TRAIN and self.teacher is not None:
+            with torch.no_grad():
+                teacher_log_probs = self.teacher["model"](feats, wav_lens)
+        return log_probs, wav_lens, teacher_log_probs
+
+    def compute_objectives(self, predictions, batch, stage):
+        """CTC (+ kd_weight * KL to the teacher in DLD training); WER bookkeeping outside training."""
+        log_probs, wav_lens, teacher_log_probs = predictions
+        tokens, tokens_lens = batch.tokens
+        loss = self.hparams.ctc_cost(log_probs, tokens, wav_lens, tokens_lens)
+        self._loss_parts["ctc"] += float(loss.detach())
+        if teacher_log_probs is not None:
+            loss_kd = ctc_posterior_kl(
+                log_probs, teacher_log_probs, wav_lens,
+                temperature=float(self.hparams_get("kd_temperature", 1.0)),
+                normalisation=self.hparams_get("kd_normalisation", "frames"),
+            )
+            self._loss_parts["kd"] += float(loss_kd.detach())
+            loss = loss + self.kd_weight * loss_kd
+        self._loss_parts["batches"] += 1
+        if stage != sb.Stage.TRAIN:
+            hyps = sb.decoders.ctc_greedy_decode(log_probs, wav_lens, blank_id=self.hparams.blank_index)
+            words = [self.tokenizer_decode(h).split() for h in hyps]
+            targets = [w.split() for w in batch.wrd]
+            self.wer_metrics[self._metric_key].append(batch.id, words, targets)
+        return loss
+
+    def tokenizer_decode(self, ids: Sequence[int]) -> str:
+        """Token ids -> text with the recipe's SentencePiece model."""
+        tok = self.hparams.tokenizer
+        sp = tok.sp if hasattr(tok, "sp") else tok
+        return sp.decode_ids([int(i) for i in ids])
+
+    # ----------------------------------------------------------------- stages
+    def valid_depths(self) -> list:
+        """Depths validated each epoch (None = full depth); the checkpoint metric is their mean WER."""
+        depths = self.hparams_get("valid_depths")
+        return list(depths) if depths else [None]
+
+    def evaluate_batch(self, batch, stage):
+        """Validation runs every depth in ``valid_depths``; test runs the depth set on the encoder."""
+        if stage != sb.Stage.VALID:
+            self._metric_key = None
+            return super().evaluate_batch(batch, stage)
+        encoder = self.modules.model.encoder
+        losses = []
+        for depth in self.valid_depths():
+            self._metric_key = depth
+            with encoder.at_depth(depth):
+                losses.append(super().evaluate_batch(batch, stage))
+        return sum(losses) / len(losses)
+
+    def on_stage_start(self, stage, epoch=None):
+        """Fresh metrics; the teacher is (re)asserted frozen at every stage."""
+        self._loss_parts = {"ctc": 0.0, "kd": 0.0, "batches": 0}
+        self._metric_key = None
+        if stage == sb.Stage.VALID:
+            self.wer_metrics = {d: ErrorRateStats() for d in self.valid_depths()}
+        elif stage == sb.Stage.TEST:
+            self.wer_metrics = {None: ErrorRateStats()}
+        if self.teacher is not None:
+            for module in self.teacher.values():
+                module.eval()
+
+    def _loss_stats(self) -> dict:
+        n = max(self._loss_parts["batches"], 1)
+        stats = {"ctc_loss": self._loss_parts["ctc"] / n}
+        if self.teacher is not None and self._loss_parts["kd"]:
+            stats["kd_loss"] = self._loss_parts["kd"] / n
+        return stats
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log, checkpoint on mean validation WER over ``valid_depths``, write WER details at test."""
+        stats = {"loss": stage_loss, **self._loss_stats()}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        wers = {d: m.summarize("error_rate") for d, m in self.wer_metrics.items()}
+        if stage == sb.Stage.VALID:
+            for depth, wer in wers.items():
+                stats["WER" if depth is None else f"WER_n{depth}"] = wer
+            stats["WER"] = sum(wers.values()) / len(wers)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
+            self.checkpointer.save_and_keep_only(
+                meta={"WER": stats["WER"], "epoch": epoch}, min_keys=["WER"],
+                num_to_keep=int(self.hparams_get("ckpts_to_keep", 2)))
+        elif stage == sb.Stage.TEST:
+            stats["WER"] = wers[None]
+            self.test_stats = stats
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+            if self.wer_file is not None and sb.utils.distributed.if_main_process():
+                Path(self.wer_file).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.wer_file, "w") as handle:
+                    self.wer_metrics[None].write_stats(handle)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Step the per-batch learning-rate schedule, if the YAML defines ``lr_annealing``."""
+        annealing = self.hparams_get("lr_annealing")
+        if should_step and annealing is not None:
+            annealing(self.optimizer)

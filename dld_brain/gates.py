@@ -1,0 +1,105 @@
+"""Layer gates for dynamic-depth encoders: which layers run, in training and at inference.
+
+Training: :class:`LayerDropSampler` draws one Bernoulli gate per layer per batch from its own seeded
+generator, so every DDP rank draws the same gates (same seed, same step) and a resumed run continues the
+same sequence (the sampler is a SpeechBrain checkpoint recoverable).
+Inference: :func:`select_layers` turns a depth ``n`` and a policy into an explicit, sorted layer list.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+
+#: Inference policies understood by :func:`select_layers`.
+DEPTH_POLICIES = ("even", "first", "last")
+
+
+class DepthError(ValueError):
+    """An impossible depth, layer list or policy; the message says what is allowed."""
+
+
+def select_layers(
+    num_layers: int,
+    depth: Optional[int] = None,
+    layers: Optional[Sequence[int]] = None,
+    policy: str = "even",
+) -> list[int]:
+    """Return the sorted 0-based indices of the layers to run.
+
+    ``layers`` (an explicit list) wins over ``depth``; with neither, all layers run. Policies for ``depth=n``:
+    ``even``: n layers spread evenly, always ending at the last layer (N=12, n=4 -> 2, 5, 8, 11);
+    ``first``: layers 0..n-1 (early exit); ``last``: the n last layers.
+    """
+    if layers is not None:
+        return validate_layers(num_layers, layers)
+    if depth is None:
+        return list(range(num_layers))
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise DepthError(f"depth must be an integer in 1..{num_layers}, got {depth!r}")
+    if not 1 <= depth <= num_layers:
+        raise DepthError(f"depth {depth} is out of range: this encoder has {num_layers} layers (1..{num_layers})")
+    if policy == "even":
+        return [(2 * (i + 1) * num_layers + depth) // (2 * depth) - 1 for i in range(depth)]  # round half up
+    if policy == "first":
+        return list(range(depth))
+    if policy == "last":
+        return list(range(num_layers - depth, num_layers))
+    raise DepthError(f"unknown depth policy {policy!r}; choose one of {DEPTH_POLICIES} or pass an explicit layer list")
+
+
+def validate_layers(num_layers: int, layers: Sequence[int]) -> list[int]:
+    """Check an explicit layer list (0-based, unique, in range, non-empty) and return it sorted."""
+    try:
+        out = [int(i) for i in layers]
+    except (TypeError, ValueError):
+        raise DepthError(f"layer list must hold integers 0..{num_layers - 1}, got {layers!r}") from None
+    if not out:
+        raise DepthError("layer list is empty: run at least one layer")
+    bad = [i for i in out if not 0 <= i < num_layers]
+    if bad:
+        raise DepthError(f"layers {bad} out of range: valid indices are 0..{num_layers - 1} (0-based)")
+    if len(set(out)) != len(out):
+        raise DepthError(f"layer list {list(layers)} repeats a layer")
+    return sorted(out)
+
+
+@register_checkpoint_hooks
+class LayerDropSampler:
+    """Draws per-batch keep/skip decisions, each layer skipped with probability ``drop_prob``.
+
+    Uses a private ``torch.Generator`` so the gate sequence depends only on ``seed`` and the step: all DDP
+    ranks agree, and the state is saved/restored with the checkpoint for exact resumption.
+    """
+
+    def __init__(self, num_layers: int, drop_prob: float = 0.5, seed: int = 0):
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.num_layers = num_layers
+        self.drop_prob = float(drop_prob)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.draws = 0
+
+    def sample(self) -> list[int]:
+        """Draw one gate per layer; return the indices of the layers kept (possibly empty)."""
+        keep = torch.rand(self.num_layers, generator=self.generator) >= self.drop_prob
+        self.draws += 1
+        return [i for i in range(self.num_layers) if keep[i]]
+
+    @mark_as_saver
+    def _save(self, path):
+        torch.save({"state": self.generator.get_state(), "draws": self.draws, "seed": self.seed}, path)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch=False):
+        del end_of_epoch
+        saved = torch.load(path)
+        self.generator.set_state(saved["state"])
+        self.draws = saved["draws"]

@@ -1,0 +1,238 @@
+"""Gated conformer encoder (layer dropping that truly skips layers) and a conformer CTC model around it.
+
+:class:`GatedConformerEncoder` is a drop-in replacement for SpeechBrain's ``ConformerEncoder`` (same
+constructor, same ``forward``, same ``state_dict`` keys) whose layer i computes ``y + g_i * f_i(y)``:
+a layer whose gate is 0 is not called at all, so neither its compute nor its autograd graph exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional, Sequence
+
+import torch
+from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
+from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
+from speechbrain.nnet.activations import Swish
+from speechbrain.nnet.attention import RelPosEncXL
+
+from dld_brain.gates import DEPTH_POLICIES, DepthError, LayerDropSampler, select_layers
+
+
+class GatedConformerEncoder(ConformerEncoder):
+    """Conformer encoder with per-layer gates: random layer dropping in training, chosen depth at inference.
+
+    Arguments beyond SpeechBrain's ``ConformerEncoder``: ``drop_prob`` (probability a layer is skipped in a
+    training batch; 0 = static model), ``gate_seed`` (seed of the gate generator, identical on all DDP
+    ranks), ``depth_policy`` (``even``/``first``/``last``, used with :meth:`set_depth`).
+
+    With DDP and ``drop_prob > 0`` the skipped layers' parameters get no gradient in that step: run with
+    ``find_unused_parameters=True`` (the dld_brain Brains set it for you). Gates are drawn from a
+    seeded generator, so all ranks skip the same layers in the same step.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        d_model: int,
+        d_ffn: int,
+        nhead: int,
+        kernel_size: int = 31,
+        kdim=None,
+        vdim=None,
+        activation=Swish,
+        bias: bool = True,
+        dropout: float = 0.0,
+        causal: bool = False,
+        attention_type: str = "RelPosMHAXL",
+        output_hidden_states: bool = False,
+        drop_prob: float = 0.5,
+        gate_seed: int = 0,
+        depth_policy: str = "even",
+    ):
+        super().__init__(
+            num_layers=num_layers,
+            d_model=d_model,
+            d_ffn=d_ffn,
+            nhead=nhead,
+            kernel_size=kernel_size,
+            kdim=kdim,
+            vdim=vdim,
+            activation=activation,
+            bias=bias,
+            dropout=dropout,
+            causal=causal,
+            attention_type=attention_type,
+            output_hidden_states=output_hidden_states,
+            layerdrop_prob=0.0,  # our gates replace SpeechBrain's own layer drop
+        )
+        if depth_policy not in DEPTH_POLICIES:
+            raise DepthError(f"unknown depth_policy {depth_policy!r}; choose one of {DEPTH_POLICIES}")
+        self.num_layers = num_layers
+        self.gate_sampler = LayerDropSampler(num_layers, drop_prob, gate_seed)
+        self.depth_policy = depth_policy
+        self.inference_layers: Optional[list[int]] = None  # None = all layers
+        self.last_layers: list[int] = list(range(num_layers))
+
+    @property
+    def drop_prob(self) -> float:
+        """Probability that a layer is skipped in a training batch (0 = static training)."""
+        return self.gate_sampler.drop_prob
+
+    def set_depth(
+        self,
+        depth: Optional[int] = None,
+        layers: Optional[Sequence[int]] = None,
+        policy: Optional[str] = None,
+    ) -> list[int]:
+        """Choose the layers used outside training: a depth (with a policy) or an explicit list; None = all.
+
+        Returns the chosen 0-based layer indices. Raises DepthError for an invalid depth or list.
+        """
+        chosen = select_layers(self.num_layers, depth, layers, policy or self.depth_policy)
+        self.inference_layers = None if len(chosen) == self.num_layers else chosen
+        return chosen
+
+    @contextlib.contextmanager
+    def at_depth(self, depth=None, layers=None, policy=None) -> Iterator[list[int]]:
+        """Context manager: run at a depth or layer list inside the block, then restore the previous choice."""
+        previous = self.inference_layers
+        try:
+            yield self.set_depth(depth, layers, policy)
+        finally:
+            self.inference_layers = previous
+
+    def active_layers(self, layers: Optional[Sequence[int]] = None) -> list[int]:
+        """Layers the next forward runs: an explicit list, else random gates in training, else the set depth."""
+        if layers is not None:
+            return select_layers(self.num_layers, layers=layers)
+        if self.training and self.drop_prob > 0.0:
+            return self.gate_sampler.sample()
+        if self.inference_layers is not None:
+            return list(self.inference_layers)
+        return list(range(self.num_layers))
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_mask: Optional[torch.Tensor] = None,
+        src_key_padding_mask: Optional[torch.Tensor] = None,
+        pos_embs: Optional[torch.Tensor] = None,
+        dynchunktrain_config=None,
+        layers: Optional[Sequence[int]] = None,
+    ):
+        """Run the gated layers; same inputs/outputs as SpeechBrain's ConformerEncoder, plus ``layers``."""
+        if self.attention_type == "RelPosMHAXL" and pos_embs is None:
+            raise ValueError("RelPosMHAXL attention needs pos_embs (see speechbrain.nnet.attention.RelPosEncXL)")
+        run = self.active_layers(layers)
+        self.last_layers = run
+        output = src
+        attention_lst = []
+        hidden_state_lst = [output]
+        for i in run:
+            output, attention = self.layers[i](
+                output,
+                src_mask=src_mask,
+                src_key_padding_mask=src_key_padding_mask,
+                pos_embs=pos_embs,
+                dynchunktrain_config=dynchunktrain_config,
+            )
+            attention_lst.append(attention)
+            if self.output_hidden_states:
+                hidden_state_lst.append(output)
+        output = self.norm(output)
+        if self.output_hidden_states:
+            return output, attention_lst, hidden_state_lst
+        return output, attention_lst
+
+
+class ConformerCTC(torch.nn.Module):
+    """Conformer CTC acoustic model: 4x conv subsampling, linear projection, gated conformer, CTC head.
+
+    ``forward(feats, wav_lens, layers=None)`` maps normalised filterbanks (B, T, n_mels) to CTC
+    log-probabilities (B, T/4, vocab). The encoder depth is chosen with ``model.encoder.set_depth``.
+    """
+
+    def __init__(
+        self,
+        n_mels: int,
+        vocab_size: int,
+        d_model: int = 256,
+        num_layers: int = 12,
+        nhead: int = 8,
+        d_ffn: int = 2048,
+        kernel_size: int = 31,
+        dropout: float = 0.1,
+        cnn_channels: Sequence[int] = (64, 32),
+        drop_prob: float = 0.0,
+        gate_seed: int = 0,
+        depth_policy: str = "even",
+    ):
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2 (blank + tokens), got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.frontend = ConvolutionFrontEnd(
+            input_shape=(8, 10, n_mels),
+            num_blocks=2,
+            num_layers_per_block=1,
+            out_channels=tuple(cnn_channels),
+            kernel_sizes=(3, 3),
+            strides=(2, 2),
+            residuals=(False, False),
+        )
+        freq_out = n_mels
+        for _ in range(2):
+            freq_out = (freq_out + 1) // 2
+        self.input_proj = torch.nn.Sequential(
+            torch.nn.Linear(freq_out * cnn_channels[-1], d_model), torch.nn.Dropout(dropout)
+        )
+        self.pos_enc = RelPosEncXL(d_model)
+        self.encoder = GatedConformerEncoder(
+            num_layers=num_layers,
+            d_model=d_model,
+            d_ffn=d_ffn,
+            nhead=nhead,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            causal=False,
+            attention_type="RelPosMHAXL",
+            drop_prob=drop_prob,
+            gate_seed=gate_seed,
+            depth_policy=depth_policy,
+        )
+        self.ctc_head = torch.nn.Linear(d_model, vocab_size)
+
+    def encode(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None) -> torch.Tensor:
+        """Front-end + gated encoder: (B, T, n_mels) -> (B, T', d_model)."""
+        x = self.frontend(feats)
+        x = x.reshape(x.shape[0], x.shape[1], -1)
+        x = self.input_proj(x)
+        abs_len = torch.round(wav_lens * x.shape[1]).long().clamp(min=1)
+        pad_mask = torch.arange(x.shape[1], device=x.device)[None, :] >= abs_len[:, None]
+        pos = self.pos_enc(x)
+        out, _ = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=pos, layers=layers)
+        return out
+
+    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None) -> torch.Tensor:
+        """Return CTC log-probabilities (B, T', vocab) computed in float32."""
+        logits = self.ctc_head(self.encode(feats, wav_lens, layers))
+        return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def executed_parameters(model: torch.nn.Module, layers: Optional[Sequence[int]] = None) -> dict[str, int]:
+    """Count parameters executed at a layer set: ``encoder`` (run layers + final norm) and ``total`` (model).
+
+    ``model`` is a :class:`ConformerCTC` or a :class:`GatedConformerEncoder`; ``layers=None`` means all.
+    """
+    encoder = model.encoder if hasattr(model, "encoder") else model
+    run = range(encoder.num_layers) if layers is None else layers
+    layer_params = sum(_num_params(encoder.layers[i]) for i in run)
+    all_layer_params = sum(_num_params(layer) for layer in encoder.layers)
+    enc = layer_params + _num_params(encoder.norm)
+    total = _num_params(model) - all_layer_params + layer_params
+    return {"encoder": enc, "total": total}

@@ -1,0 +1,88 @@
+"""The shared body of every ASR recipe's ``train.py``: parse, prepare, tokenise, train, depth sweep.
+
+A recipe only supplies its data preparation function; everything else (Brain, teacher, losses, gates,
+evaluation) is here, so recipes stay thin and identical in behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import speechbrain as sb
+from speechbrain.utils.distributed import run_on_main
+
+from dld_brain.brain import DynamicDepthCTCBrain, MethodConfigError
+from dld_brain.data.manifest import DataPrepError
+from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
+from dld_brain.gates import DepthError
+from dld_brain.hparams import HparamsError, load_hparams, resolved_yaml_text
+from dld_brain.sweep import depth_sweep
+from dld_brain.teacher import TeacherError
+
+logger = logging.getLogger(__name__)
+
+#: Errors that are the user's to fix: printed as one clear line, no traceback.
+USER_ERRORS = (DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
+
+
+def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
+    """Parse the command line, load the hparams and create the output folder (log, resolved hparams)."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
+    hparams = load_hparams(hparams_file, overrides)
+    sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
+    resolved = resolved_yaml_text(hparams_file, overrides)
+    if sb.utils.distributed.if_main_process():
+        (Path(hparams["output_folder"]) / "hyperparams.yaml").write_text(resolved)
+    return hparams, run_opts, hparams_file
+
+
+def build_tokenizer(hparams: dict):
+    """Train (once, on the main process) or load the SentencePiece model named in the hparams."""
+    kwargs = dict(model_dir=hparams["tokenizer_folder"], train_csv=hparams["train_csv"],
+                  vocab_size=hparams["vocab_size"], model_type=hparams.get("token_type", "unigram"))
+    run_on_main(train_tokenizer, kwargs=kwargs)
+    tokenizer = train_tokenizer(**kwargs)
+    size = tokenizer.sp.get_piece_size()
+    if size != hparams["vocab_size"]:
+        raise HparamsError(
+            f"the tokenizer in {hparams['tokenizer_folder']} has {size} units but vocab_size is "
+            f"{hparams['vocab_size']}: set vocab_size: {size} (char models take their size from the data)")
+    return tokenizer
+
+
+def run_asr_recipe(argv: Sequence[str], prepare: Callable[[dict], object]) -> Optional[DynamicDepthCTCBrain]:
+    """Run one method end to end; ``prepare(hparams)`` writes the manifests named by the hparams.
+
+    Steps: data preparation (main process), tokenizer, training (unless ``skip_training``), and the depth
+    sweep on every test set with ``wer_<set>_n<k>.txt`` and ``depth_sweep_<set>.csv/.md`` outputs.
+    """
+    hparams, run_opts, _ = setup_experiment(argv)
+    run_on_main(prepare, kwargs={"hparams": hparams})
+    tokenizer = build_tokenizer(hparams)
+    hparams["tokenizer"] = tokenizer
+    datasets = make_asr_datasets(hparams, tokenizer)
+    brain = DynamicDepthCTCBrain(
+        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+        run_opts=run_opts, checkpointer=hparams["checkpointer"],
+    )
+    if not hparams.get("skip_training", False):
+        brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
+                  train_loader_kwargs=hparams["train_dataloader_opts"],
+                  valid_loader_kwargs=hparams["valid_dataloader_opts"])
+    test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
+    depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
+                depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
+                loader_kwargs=hparams["test_dataloader_opts"])
+    return brain
+
+
+def main_guard(fn: Callable[[], object]) -> None:
+    """Run ``fn``; a user error is printed as ``error: <message>`` with exit status 2, no traceback."""
+    try:
+        fn()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,93 @@
+"""Comparison of methods from their depth-sweep CSVs: a WER-per-depth table and a WER/parameters plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from dld_brain.sweep import markdown_table
+
+STATIC_METHODS = ("teacher", "static")
+
+
+def load_sweeps(csv_paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Concatenate depth-sweep CSVs; raise FileNotFoundError naming a missing one."""
+    frames = []
+    for path in csv_paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"depth sweep not found: {path} (has that method been trained and evaluated?)")
+        frames.append(pd.read_csv(path))
+    return pd.concat(frames, ignore_index=True)
+
+
+def wer_table(sweeps: pd.DataFrame, metric: str = "WER") -> pd.DataFrame:
+    """Rows: (test set, depth, executed encoder params); columns: methods in input order; values: ``metric``."""
+    order = list(dict.fromkeys(sweeps["method"]))
+    table = sweeps.pivot_table(index=["test_set", "depth"], columns="method", values=metric, aggfunc="first")
+    table = table[order].reset_index()
+    params = sweeps.groupby(["test_set", "depth"])["encoder_params"].first().reset_index()
+    table = table.merge(params, on=["test_set", "depth"])
+    table["encoder_params"] = (table["encoder_params"] / 1e6).round(2)
+    table = table.rename(columns={"encoder_params": "enc. params (M)"})
+    return table[["test_set", "depth", "enc. params (M)"] + order]
+
+
+def plot_wer_vs_params(sweeps: pd.DataFrame, path: str | Path, test_set: str, metric: str = "WER") -> None:
+    """WER against executed encoder parameters: one curve per dynamic method, static models as a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = sweeps[sweeps["test_set"] == test_set]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, group in data.groupby("method", sort=False):
+        group = group.sort_values("depth")
+        x = group["encoder_params"] / 1e6
+        if method in STATIC_METHODS:
+            full = group[group["depth"] == group["depth"].max()]
+            ax.scatter(full["encoder_params"] / 1e6, full[metric], marker="*", s=160, zorder=5,
+                       label=f"{method} (full depth)")
+        else:
+            ax.plot(x, group[metric], marker="o", label=method)
+    ax.set_xlabel("executed encoder parameters (M)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric} vs executed parameters ({test_set})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_comparison(csv_paths: Sequence[str | Path], output_folder: str | Path, metric: str = "WER") -> Path:
+    """Write ``comparison.csv``, ``comparison.md`` and one ``comparison_<set>.png`` per test set."""
+    output_folder = Path(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    sweeps = load_sweeps(csv_paths)
+    table = wer_table(sweeps, metric)
+    table.to_csv(output_folder / "comparison.csv", index=False)
+    md = output_folder / "comparison.md"
+    md.write_text(f"{metric} (%) per depth; `depth` = encoder layers run, `enc. params` = executed encoder "
+                  f"parameters.\n\n" + markdown_table(table) + "\n")
+    for test_set in sweeps["test_set"].unique():
+        plot_wer_vs_params(sweeps, output_folder / f"comparison_{test_set}.png", test_set, metric)
+    return md
+
+
+def main(argv=None) -> None:
+    """CLI: ``python -m dld_brain.report OUT_DIR sweep1.csv sweep2.csv ...``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("output_folder")
+    parser.add_argument("sweeps", nargs="+", help="depth_sweep_<set>.csv files, one per method")
+    parser.add_argument("--metric", default="WER")
+    args = parser.parse_args(argv)
+    print(write_comparison(args.sweeps, args.output_folder, args.metric).read_text())
+
+
+if __name__ == "__main__":
+    main()

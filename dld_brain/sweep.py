@@ -1,0 +1,127 @@
+"""Depth-sweep evaluation: WER, executed parameters and measured encoder latency at every depth.
+
+For each test set and depth n the trained model is evaluated with ``n`` layers chosen by the encoder's
+depth policy; results go to ``depth_sweep_<set>.csv`` / ``.md`` and ``wer_<set>_n<k>.txt`` (SpeechBrain's
+per-utterance WER details) in the output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import pandas as pd
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+
+from dld_brain.lobes.conformer import executed_parameters
+
+logger = logging.getLogger(__name__)
+
+SWEEP_COLUMNS = ["method", "test_set", "depth", "layers", "WER", "encoder_params", "total_params",
+                 "encoder_latency_ms", "latency_ratio", "ideal_ratio"]
+
+
+def measure_encoder_latency(
+    model: torch.nn.Module,
+    feats: torch.Tensor,
+    lens: torch.Tensor,
+    layer_sets: Sequence[Sequence[int]],
+    repeats: int = 5,
+) -> list[float]:
+    """Median wall-clock ms of ``model.encode`` for each layer set, measured round-robin on one batch.
+
+    Round-robin (all sets once per repeat) keeps slow drifts of the machine from favouring one depth.
+    """
+    times: list[list[float]] = [[] for _ in layer_sets]
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for layers in layer_sets:  # warm-up
+            model.encode(feats, lens, layers=layers)
+        for _ in range(repeats):
+            for i, layers in enumerate(layer_sets):
+                start = time.perf_counter()
+                model.encode(feats, lens, layers=layers)
+                if feats.is_cuda:
+                    torch.cuda.synchronize()
+                times[i].append((time.perf_counter() - start) * 1000.0)
+    model.train(was_training)
+    return [statistics.median(t) for t in times]
+
+
+def latency_batch(brain, dataset, size: int = 8):
+    """Features of the first ``size`` utterances of ``dataset``, as (feats, lens) on the brain's device."""
+    items = [dataset[i] for i in range(min(size, len(dataset)))]
+    batch = PaddedBatch(items).to(brain.device)
+    with torch.no_grad():
+        return brain.compute_features(batch, sb.Stage.TEST)
+
+
+def sweep_depths(num_layers: int, depths: Optional[Iterable[int]]) -> list[int]:
+    """The depths to evaluate: the given list, else 1..N."""
+    return sorted(set(int(d) for d in depths)) if depths else list(range(1, num_layers + 1))
+
+
+def depth_sweep(
+    brain,
+    test_sets: dict,
+    output_folder: str | Path,
+    method: str,
+    depths: Optional[Iterable[int]] = None,
+    policy: Optional[str] = None,
+    loader_kwargs: Optional[dict] = None,
+    latency_repeats: int = 5,
+    min_key: str = "WER",
+) -> pd.DataFrame:
+    """Evaluate ``brain`` (best checkpoint by ``min_key``) at every depth on every test set; write the outputs.
+
+    Returns the concatenated sweep table (one row per set and depth).
+    """
+    output_folder = Path(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    model = brain.modules.model
+    encoder = model.encoder
+    depth_list = sweep_depths(encoder.num_layers, depths)
+    layer_sets = [encoder.set_depth(d, policy=policy) for d in depth_list]
+    encoder.set_depth(None)
+    frames = []
+    for set_name, dataset in test_sets.items():
+        rows = []
+        for depth, layers in zip(depth_list, layer_sets):
+            brain.wer_file = output_folder / f"wer_{set_name}_n{depth}.txt"
+            with encoder.at_depth(layers=layers):
+                brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=loader_kwargs or {})
+            params = executed_parameters(model, layers)
+            rows.append({"method": method, "test_set": set_name, "depth": depth,
+                         "layers": " ".join(str(i) for i in layers), "WER": round(brain.test_stats["WER"], 2),
+                         "encoder_params": params["encoder"], "total_params": params["total"]})
+            logger.info("%s %s depth %d (layers %s): WER %.2f", method, set_name, depth, layers,
+                        brain.test_stats["WER"])
+        brain.wer_file = None
+        feats, lens = latency_batch(brain, dataset)
+        latencies = measure_encoder_latency(model, feats, lens, layer_sets, repeats=latency_repeats)
+        full = latencies[-1] if depth_list[-1] == encoder.num_layers else None
+        for row, lat in zip(rows, latencies):
+            row["encoder_latency_ms"] = round(lat, 2)
+            row["latency_ratio"] = round(lat / full, 3) if full else None
+            row["ideal_ratio"] = round(row["depth"] / encoder.num_layers, 3)
+        table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+        if sb.utils.distributed.if_main_process():
+            table.to_csv(output_folder / f"depth_sweep_{set_name}.csv", index=False)
+            (output_folder / f"depth_sweep_{set_name}.md").write_text(markdown_table(table) + "\n")
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table of a DataFrame (no extra dependency)."""
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join("" if pd.isna(row[c]) else str(row[c]) for c in cols) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""The main job: train the static teacher, then RDsc, RDLD and DLD on FSDD digits, and compare them.
+
+Each method is one run of recipes/FSDD/train.py with its hparams file (so any run can be repeated or
+resumed alone); the comparison table (WER per depth) and plot land in <experiment_root>/.
+Usage: python recipes/FSDD/run_comparison.py [--methods teacher rdsc rdld dld] [-- extra overrides]
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dld_brain.report import write_comparison  # noqa: E402
+
+METHODS = ("teacher", "rdsc", "rdld", "dld")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--experiment_root", default="results/fsdd")
+    parser.add_argument("--hparams_dir", default=str(ROOT / "hparams" / "fsdd"))
+    parser.add_argument("extra", nargs=argparse.REMAINDER,
+                        help="after --: options passed to every train.py run, e.g. -- --number_of_epochs=2")
+    args = parser.parse_args()
+    extra = [a for a in args.extra if a != "--"]
+    start = time.time()
+    for i, method in enumerate(args.methods, 1):
+        print(f"\n=== [{i}/{len(args.methods)}] {method} ({time.time() - start:.0f} s elapsed) ===", flush=True)
+        cmd = [sys.executable, str(ROOT / "recipes" / "FSDD" / "train.py"),
+               str(Path(args.hparams_dir) / f"{method}.yaml"),
+               f"--experiment_root={args.experiment_root}", *extra]
+        result = subprocess.run(cmd)
+        if result.returncode != 0:
+            sys.exit(f"{method} failed (exit {result.returncode}); fix it and rerun: finished runs resume "
+                     "from their checkpoints")
+    sweeps = [Path(args.experiment_root) / m / "depth_sweep_test.csv" for m in args.methods]
+    md = write_comparison(sweeps, args.experiment_root)
+    print(f"\n=== done in {time.time() - start:.0f} s ===\n")
+    print(md.read_text())
+    print(f"table: {md}\nplot:  {Path(args.experiment_root) / 'comparison_test.png'}")
+
+
+if __name__ == "__main__":
+    main()
