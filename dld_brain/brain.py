@@ -33,6 +33,10 @@ from dld_brain.teacher import load_teacher
 logger = logging.getLogger(__name__)
 
 
+class EvaluationError(RuntimeError):
+    """Nothing suitable to evaluate (no checkpoint, or not the asked epoch); the message says what exists."""
+
+
 class MethodConfigError(ValueError):
     """Inconsistent method hyperparameters (e.g. KD without a teacher); the message names the keys."""
 
@@ -72,7 +76,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         self.kd_weight = float(self.hparams_get("kd_weight", 0.0) or 0.0)
         self.wer_file: Optional[Path] = None
         self.test_stats: dict = {}
-        if self.hparams_get("teacher_checkpoint"):
+        if self.hparams_get("teacher_checkpoint") and not self.hparams_get("skip_training", False):
             self._setup_teacher(self.hparams_get("teacher_checkpoint"))
         if self.checkpointer is not None and "gate_sampler" not in self.checkpointer.recoverables:
             self.checkpointer.add_recoverable("gate_sampler", encoder.gate_sampler)
@@ -203,9 +207,11 @@ class DynamicDepthCTCBrain(sb.Brain):
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
+            keep_epochs = set(self.hparams_get("keep_epochs") or [])
             self.checkpointer.save_and_keep_only(
                 meta={"WER": stats["WER"], "epoch": epoch}, min_keys=["WER"],
-                num_to_keep=int(self.hparams_get("ckpts_to_keep", 2)))
+                num_to_keep=int(self.hparams_get("ckpts_to_keep", 2)),
+                ckpt_predicate=lambda c: c.meta.get("epoch") not in keep_epochs)
         elif stage == sb.Stage.TEST:
             stats["WER"] = wers[None]
             self.test_stats = stats
@@ -215,6 +221,33 @@ class DynamicDepthCTCBrain(sb.Brain):
                 Path(self.wer_file).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.wer_file, "w") as handle:
                     self.wer_metrics[None].write_stats(handle)
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Load the model to evaluate: ``eval_epoch`` (that epoch's checkpoint), else the best by
+        ``min_key``; with ``avg_checkpoints: k > 1`` the weights of the k best are averaged."""
+        if self.checkpointer is None:
+            return
+        epoch = self.hparams_get("eval_epoch")
+        avg = int(self.hparams_get("avg_checkpoints", 1) or 1)
+        if epoch:
+            ckpts = self.checkpointer.find_checkpoints(
+                ckpt_predicate=lambda c: c.meta.get("epoch") == int(epoch), max_num_checkpoints=1)
+            if not ckpts:
+                kept = sorted(c.meta.get("epoch") for c in self.checkpointer.list_checkpoints()
+                              if c.meta.get("epoch") is not None)
+                raise EvaluationError(f"no checkpoint of epoch {epoch} in {self.checkpointer.checkpoints_dir}; "
+                                      f"kept epochs: {kept} (keep more with keep_epochs)")
+        else:
+            ckpts = self.checkpointer.find_checkpoints(max_key=max_key, min_key=min_key,
+                                                       max_num_checkpoints=avg)
+        if not ckpts:
+            raise EvaluationError(f"no trained checkpoint in {self.checkpointer.checkpoints_dir}: train the "
+                                  "model first (skip_training: False) or point save_folder at a trained run")
+        self.checkpointer.load_checkpoint(ckpts[0])
+        if len(ckpts) > 1:
+            averaged = sb.utils.checkpoints.average_checkpoints(ckpts, "model")
+            self.modules.model.load_state_dict(averaged)
+            logger.info("Evaluating the average of %d checkpoints: %s", len(ckpts), [c.path.name for c in ckpts])
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Step the per-batch learning-rate schedule, if the YAML defines ``lr_annealing``."""

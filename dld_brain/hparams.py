@@ -2,7 +2,8 @@
 
 A method file (e.g. ``hparams/fsdd/dld.yaml``) holds ``extends: base.yaml`` and only the keys it changes;
 the base defines every key. A key that the base does not define is an error naming the file and key,
-so a typo in a YAML or on the command line never passes silently.
+so a typo in a YAML or on the command line never passes silently. A file that adds keys on purpose (a
+corpus layer over a model base) lists them under ``new_keys: [...]``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Mapping, Optional, Union
 
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
-from hyperpyyaml.core import recursive_update
 
 EXTENDS_KEY = "extends"
+NEW_KEYS_KEY = "new_keys"
 
 
 class HparamsError(ValueError):
@@ -28,14 +29,35 @@ def _yaml() -> ruamel.yaml.YAML:
 
 
 def _unknown_keys(base: Mapping, child: Mapping, prefix: str = "") -> list[str]:
-    """Top-level (and nested plain-mapping) keys of ``child`` absent from ``base``."""
+    """Top-level (and nested plain-mapping) keys of ``child`` absent from ``base``; an empty mapping in the
+    base (e.g. ``test_csvs: {}``) is open: any key may go in it."""
     unknown = []
     for key, value in child.items():
         if key not in base:
             unknown.append(prefix + str(key))
-        elif isinstance(value, Mapping) and isinstance(base[key], Mapping) and not getattr(value, "tag", None):
+        elif isinstance(value, Mapping) and isinstance(base[key], Mapping) and len(base[key]) \
+                and not _tagged(value) and not _tagged(base[key]):
             unknown += _unknown_keys(base[key], value, prefix + f"{key}.")
     return unknown
+
+
+def _tagged(node) -> bool:
+    tag = getattr(node, "tag", None)
+    return bool(getattr(tag, "value", None) if tag is not None and not isinstance(tag, str) else tag)
+
+
+def _merge(base, child) -> None:
+    """Update ``base`` with ``child`` in place: plain mappings merge key by key; anything else (values,
+    lists, ``!new:`` objects) is replaced whole, so an override never mixes two objects' arguments."""
+    for key, value in child.items():
+        old = base.get(key) if key in base else None
+        if isinstance(old, Mapping) and isinstance(value, Mapping) and not _tagged(old) and not _tagged(value):
+            _merge(old, value)
+        else:
+            comments = getattr(base, "ca", None)
+            if comments is not None:  # a base comment on a replaced key can break ruamel's layout
+                comments.items.pop(key, None)
+            base[key] = value
 
 
 def merged_tree(path: Union[str, os.PathLike]):
@@ -52,14 +74,15 @@ def merged_tree(path: Union[str, os.PathLike]):
     parent = tree.pop(EXTENDS_KEY, None) if hasattr(tree, "pop") else None
     if parent is None:
         return tree
+    declared = set(tree.pop(NEW_KEYS_KEY, None) or [])
     base = merged_tree(path.parent / str(parent))
-    unknown = _unknown_keys(base, tree)
+    unknown = [k for k in _unknown_keys(base, tree) if k not in declared]
     if unknown:
         raise HparamsError(
             f"{path}: keys {unknown} are not defined in its base {path.parent / str(parent)}; "
-            "fix the spelling or add the key (with a default) to the base file"
+            f"fix the spelling, add the key (with a default) to the base file, or list it under {NEW_KEYS_KEY}"
         )
-    recursive_update(base, tree)
+    _merge(base, tree)
     return base
 
 
@@ -93,7 +116,7 @@ def resolved_yaml_text(path: Union[str, os.PathLike], overrides: Optional[Union[
     if isinstance(overrides, str):
         overrides = _yaml().load(overrides) if overrides.strip() else None
     if overrides:
-        recursive_update(tree, overrides)
+        _merge(tree, overrides)
     stream = io.StringIO()
     _yaml().dump(tree, stream)
     return stream.getvalue()

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from dld_brain.brain import DynamicDepthCTCBrain, MethodConfigError
+from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
 from dld_brain.gates import DepthError
@@ -25,12 +25,13 @@ from dld_brain.teacher import TeacherError
 logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
+USER_ERRORS = (EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
     """Parse the command line, load the hparams and create the output folder (log, resolved hparams)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched with torchrun
     hparams = load_hparams(hparams_file, overrides)
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
     resolved = resolved_yaml_text(hparams_file, overrides)
@@ -53,14 +54,43 @@ def build_tokenizer(hparams: dict):
     return tokenizer
 
 
-def run_asr_recipe(argv: Sequence[str], prepare: Callable[[dict], object]) -> Optional[DynamicDepthCTCBrain]:
-    """Run one method end to end; ``prepare(hparams)`` writes the manifests named by the hparams.
+def train_loader_options(hparams: dict, train_set) -> dict:
+    """Training DataLoader options; with ``dynamic_batching: True`` a duration-bucketed batch sampler
+    (SpeechBrain's DynamicBatchSampler, options in ``dynamic_batch_sampler_train``) replaces batch_size."""
+    opts = dict(hparams["train_dataloader_opts"])
+    if not hparams.get("dynamic_batching", False):
+        return opts
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    sampler = DynamicBatchSampler(train_set, length_func=lambda x: float(x["duration"]),
+                                  **hparams["dynamic_batch_sampler_train"])
+    return {"batch_sampler": sampler, "num_workers": opts.get("num_workers", 0)}
+
+
+def evaluation_tag(hparams: dict) -> str:
+    """File-name suffix saying which weights were evaluated: ``_ep<k>``, ``_avg<k>`` or nothing (best)."""
+    if hparams.get("eval_epoch"):
+        return f"_ep{int(hparams['eval_epoch'])}"
+    if int(hparams.get("avg_checkpoints", 1) or 1) > 1:
+        return f"_avg{int(hparams['avg_checkpoints'])}"
+    return ""
+
+
+def run_asr_recipe(
+    argv: Sequence[str],
+    prepare: Callable[[dict], object],
+    configure: Optional[Callable[[dict], object]] = None,
+) -> Optional[DynamicDepthCTCBrain]:
+    """Run one method end to end; ``prepare(hparams)`` writes the manifests named by the hparams and the
+    optional ``configure(hparams)`` adjusts them afterwards (e.g. adds a test set).
 
     Steps: data preparation (main process), tokenizer, training (unless ``skip_training``), and the depth
     sweep on every test set with ``wer_<set>_n<k>.txt`` and ``depth_sweep_<set>.csv/.md`` outputs.
     """
     hparams, run_opts, _ = setup_experiment(argv)
     run_on_main(prepare, kwargs={"hparams": hparams})
+    if configure is not None:
+        configure(hparams)
     tokenizer = build_tokenizer(hparams)
     hparams["tokenizer"] = tokenizer
     datasets = make_asr_datasets(hparams, tokenizer)
@@ -70,12 +100,12 @@ def run_asr_recipe(argv: Sequence[str], prepare: Callable[[dict], object]) -> Op
     )
     if not hparams.get("skip_training", False):
         brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
-                  train_loader_kwargs=hparams["train_dataloader_opts"],
+                  train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
                   valid_loader_kwargs=hparams["valid_dataloader_opts"])
     test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
     depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
                 depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
-                loader_kwargs=hparams["test_dataloader_opts"])
+                loader_kwargs=hparams["test_dataloader_opts"], tag=evaluation_tag(hparams))
     return brain
 
 

@@ -77,9 +77,11 @@ def depth_sweep(
     loader_kwargs: Optional[dict] = None,
     latency_repeats: int = 5,
     min_key: str = "WER",
+    tag: str = "",
 ) -> pd.DataFrame:
     """Evaluate ``brain`` (best checkpoint by ``min_key``) at every depth on every test set; write the outputs.
 
+    ``tag`` is appended to every file name (e.g. ``_ep25`` when evaluating epoch 25's checkpoint).
     Returns the concatenated sweep table (one row per set and depth).
     """
     output_folder = Path(output_folder)
@@ -93,7 +95,7 @@ def depth_sweep(
     for set_name, dataset in test_sets.items():
         rows = []
         for depth, layers in zip(depth_list, layer_sets):
-            brain.wer_file = output_folder / f"wer_{set_name}_n{depth}.txt"
+            brain.wer_file = output_folder / f"wer_{set_name}_n{depth}{tag}.txt"
             with encoder.at_depth(layers=layers):
                 brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=loader_kwargs or {})
             params = executed_parameters(model, layers)
@@ -112,8 +114,8 @@ def depth_sweep(
             row["ideal_ratio"] = round(row["depth"] / encoder.num_layers, 3)
         table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
         if sb.utils.distributed.if_main_process():
-            table.to_csv(output_folder / f"depth_sweep_{set_name}.csv", index=False)
-            (output_folder / f"depth_sweep_{set_name}.md").write_text(markdown_table(table) + "\n")
+            table.to_csv(output_folder / f"depth_sweep_{set_name}{tag}.csv", index=False)
+            (output_folder / f"depth_sweep_{set_name}{tag}.md").write_text(markdown_table(table) + "\n")
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
 

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import soundfile
 
@@ -115,3 +115,20 @@ class PrepMarker:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.options, sort_keys=True, indent=1))
         os.replace(tmp, self.path)
+
+
+def merge_manifests(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int:
+    """Concatenate manifests with the same columns into ``output`` (atomic); return the row count."""
+    rows: list[dict] = []
+    fields: Optional[list[str]] = None
+    for path in inputs:
+        part = read_manifest(path)
+        cols = list(part[0].keys())
+        if fields is None:
+            fields = cols
+        elif cols != fields:
+            raise DataPrepError(f"cannot merge {path}: columns {cols} differ from {fields}")
+        rows += part
+    if fields is None:
+        raise DataPrepError(f"no manifests to merge into {output}")
+    return write_manifest(output, rows, fields)
