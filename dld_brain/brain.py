@@ -27,6 +27,7 @@ import torch
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 from speechbrain.utils.metric_stats import ErrorRateStats
 
+from dld_brain.checkpointing import RandomState
 from dld_brain.losses import ctc_posterior_kl
 from dld_brain.teacher import load_teacher
 
@@ -78,8 +79,11 @@ class DynamicDepthCTCBrain(sb.Brain):
         self.test_stats: dict = {}
         if self.hparams_get("teacher_checkpoint") and not self.hparams_get("skip_training", False):
             self._setup_teacher(self.hparams_get("teacher_checkpoint"))
-        if self.checkpointer is not None and "gate_sampler" not in self.checkpointer.recoverables:
-            self.checkpointer.add_recoverable("gate_sampler", encoder.gate_sampler)
+        if self.checkpointer is not None:
+            # Exact resumption: the gate sequence and the global RNGs continue where they stopped.
+            for name, obj in (("gate_sampler", encoder.gate_sampler), ("random_state", RandomState())):
+                if name not in self.checkpointer.recoverables:
+                    self.checkpointer.add_recoverable(name, obj)
 
     def hparams_get(self, key, default=None):
         """A hyperparameter or ``default`` when the YAML does not define it."""

@@ -24,7 +24,11 @@ class TeacherError(ValueError):
 
 
 def _ckpt_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("CKPT+*") if (p / "CKPT.yaml").is_file())
+    """Checkpoint dirs under ``folder``; ones our AtomicCheckpointer left unfinished (no COMPLETE marker
+    while complete siblings have one) are skipped."""
+    dirs = sorted(p for p in folder.glob("CKPT+*") if (p / "CKPT.yaml").is_file())
+    marked = [p for p in dirs if (p / "COMPLETE").is_file()]
+    return marked or dirs
 
 
 def find_checkpoint(path: Union[str, Path], min_key: Optional[str] = "WER") -> Path:
