@@ -1,0 +1,26 @@
+"""Shared test fixtures: where the real audio is, and a tiny-model override set for recipe runs."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+FSDD_DIR = SHARED_DATA / "fsdd"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers importable by name
+
+#: Command-line overrides that shrink the FSDD recipe to seconds: tiny model, few takes, one epoch.
+TINY_FSDD = [
+    "--num_layers=4", "--d_model=32", "--nhead=2", "--d_ffn=64", "--kernel_size=3",
+    "--takes_per_digit=2", "--train_copies=1", "--number_of_epochs=1", "--download=False",
+    "--batch_size=8", "--device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir() -> Path:
+    """The shared FSDD copy (real speech); tests needing it skip only when it is absent."""
+    if not (FSDD_DIR / "recordings").is_dir():
+        pytest.skip(f"real audio not found at {FSDD_DIR}")
+    return FSDD_DIR
