@@ -14,6 +14,7 @@ from speechbrain.dataio.dataio import read_audio
 from speechbrain.tokenizers.SentencePiece import SentencePiece
 
 from dld_brain.data.manifest import DataPrepError, read_manifest
+from dld_brain.validation import check_rows, report_problems
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ def train_tokenizer(
 def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.DynamicItemDataset]:
     """Build {"train", "valid", <test names>} datasets with ``sig`` and ``tokens`` items.
 
-    Reads ``train_csv``, ``valid_csv`` and ``test_csvs`` ({name: path}); sorts training data by duration
-    (``sorting``: ascending/descending/random) and drops utterances longer than ``max_duration_s``.
+    Reads ``train_csv``, ``valid_csv`` and ``test_csvs`` ({name: path}); rows with bad audio or text are
+    handled by the rules of :mod:`dld_brain.validation` (``check_audio``, ``min_duration_s``,
+    ``on_bad_data``); sorts training data by duration (``sorting``: ascending/descending/random) and drops
+    utterances longer than ``max_duration_s``.
     """
     sample_rate = hparams["sample_rate"]
     sp = tokenizer.sp if hasattr(tokenizer, "sp") else tokenizer
@@ -84,9 +87,15 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
         yield wrd
         yield torch.LongTensor(sp.encode_as_ids(wrd))
 
-    def load(csv_path: str):
+    def load(name: str, csv_path: str):
         rows = read_manifest(csv_path)  # clear error when missing/empty/malformed
-        data = {row["ID"]: {k: v for k, v in row.items() if k != "ID"} for row in rows}
+        kept, problems = check_rows(rows, sp, level=hparams.get("check_audio", "header"),
+                                    min_duration_s=float(hparams.get("min_duration_s", 0.1)))
+        report_problems(name, csv_path, len(rows), problems, hparams.get("output_folder"),
+                        hparams.get("on_bad_data", "skip"))
+        if not kept:
+            raise DataPrepError(f"no usable rows left in {csv_path} (see skipped_{name}.txt)")
+        data = {row["ID"]: {k: v for k, v in row.items() if k != "ID"} for row in kept}
         for row in data.values():
             row.setdefault("start", "")
             row.setdefault("stop", "")
@@ -98,7 +107,7 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
                                                   output_keys=["id", "sig", "wrd", "tokens", "duration"])
         return ds
 
-    datasets = {"train": load(hparams["train_csv"]), "valid": load(hparams["valid_csv"])}
+    datasets = {"train": load("train", hparams["train_csv"]), "valid": load("valid", hparams["valid_csv"])}
     sorting = hparams.get("sorting", "ascending")
     max_dur = hparams.get("max_duration_s")
     key_max = {"duration": max_dur} if max_dur else {}
@@ -110,7 +119,7 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
         datasets["train"] = datasets["train"].filtered_sorted(key_max_value=key_max)
     datasets["valid"] = datasets["valid"].filtered_sorted(sort_key="duration")
     for name, path in hparams.get("test_csvs", {}).items():
-        datasets[name] = load(path).filtered_sorted(sort_key="duration")
+        datasets[name] = load(name, path).filtered_sorted(sort_key="duration")
     return datasets
 
 

@@ -21,11 +21,12 @@ from dld_brain.gates import DepthError
 from dld_brain.hparams import HparamsError, load_hparams, resolved_yaml_text
 from dld_brain.sweep import depth_sweep
 from dld_brain.teacher import TeacherError
+from dld_brain.validation import BadDataError
 
 logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
+USER_ERRORS = (BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
