@@ -17,6 +17,7 @@ from speechbrain.utils.distributed import run_on_main
 from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
+from dld_brain.export import write_inference_bundle
 from dld_brain.gates import DepthError
 from dld_brain.hparams import HparamsError, load_hparams, resolved_yaml_text
 from dld_brain.sweep import depth_sweep
@@ -107,6 +108,10 @@ def run_asr_recipe(
     depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
                 depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
                 loader_kwargs=hparams["test_dataloader_opts"], tag=evaluation_tag(hparams))
+    if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
+        bundle = write_inference_bundle(hparams, brain.modules, tokenizer.prefix_model_file + ".model",
+                                        Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")
+        logger.info("Inference bundle: %s (load with dld_brain.inference.DynamicDepthASR)", bundle)
     return brain
 
 

@@ -169,6 +169,11 @@ class ConformerCTC(torch.nn.Module):
         depth_policy: str = "even",
     ):
         super().__init__()
+        #: constructor arguments, so an inference bundle can rebuild the model (see dld_brain.export)
+        self.config = dict(n_mels=n_mels, vocab_size=vocab_size, d_model=d_model, num_layers=num_layers,
+                           nhead=nhead, d_ffn=d_ffn, kernel_size=kernel_size, dropout=dropout,
+                           cnn_channels=list(cnn_channels), drop_prob=drop_prob, gate_seed=gate_seed,
+                           depth_policy=depth_policy)
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2 (blank + tokens), got {vocab_size}")
         self.vocab_size = vocab_size

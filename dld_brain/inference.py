@@ -1,0 +1,180 @@
+"""Transcription with a trained dynamic-depth model at a depth chosen per call, or under a budget.
+
+>>> asr = DynamicDepthASR.from_hparams(source="results/fsdd/dld/inference")  # doctest: +SKIP
+>>> asr.transcribe_file("digits.wav", depth=3)                              # doctest: +SKIP
+>>> asr.profile()                      # measure latency per depth once     # doctest: +SKIP
+>>> asr.transcribe_file("digits.wav", max_latency_ms=20)                    # doctest: +SKIP
+
+Any sample rate is resampled, stereo is averaged; unreadable, too short or silent audio raises
+:class:`InferenceInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import speechbrain as sb
+import torch
+from speechbrain.inference.interfaces import Pretrained
+
+from dld_brain.dataio import AudioError, load_audio
+from dld_brain.export import INFERENCE_YAML
+from dld_brain.gates import DepthError, select_layers
+from dld_brain.lobes.conformer import executed_parameters
+
+PROFILE_FILE = "depth_profile.json"
+
+
+class InferenceInputError(ValueError):
+    """Audio that cannot be transcribed; the message names the file and why."""
+
+
+class BudgetError(ValueError):
+    """No depth fits the requested budget; the message gives the cheapest option."""
+
+
+class DynamicDepthASR(Pretrained):
+    """A trained conformer CTC model whose depth is chosen per call (``depth``, ``layers``) or by budget
+    (``max_params``, ``max_latency_ms`` with a profile from :meth:`profile`)."""
+
+    HPARAMS_NEEDED = ["compute_features", "tokenizer", "blank_index", "sample_rate"]
+    MODULES_NEEDED = ["model", "normalize"]
+    min_seconds = 0.1
+    silence_peak = 1e-4
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file: str = INFERENCE_YAML, savedir=None, **kwargs):
+        """Load a bundle folder (see dld_brain.export); a local ``source`` is used in place."""
+        if savedir is None and Path(source).is_dir():
+            savedir = source
+        asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir, **kwargs)
+        asr.source_dir = Path(savedir) if savedir is not None else None
+        asr.mods.eval()
+        return asr
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.source_dir: Optional[Path] = None
+        self._profile: Optional[dict] = None
+
+    # --------------------------------------------------------------- depth
+    @property
+    def num_layers(self) -> int:
+        """Encoder layers of the full model."""
+        return self.mods.model.encoder.num_layers
+
+    def layers_for(self, depth: Optional[int] = None, layers: Optional[Sequence[int]] = None,
+                   max_params: Optional[int] = None, max_latency_ms: Optional[float] = None) -> list[int]:
+        """Resolve the call's depth options to a layer list (budget options pick the deepest that fits)."""
+        if sum(x is not None for x in (depth, layers, max_params, max_latency_ms)) > 1:
+            raise DepthError("give only one of depth, layers, max_params, max_latency_ms")
+        if max_params is not None or max_latency_ms is not None:
+            depth = self.depth_for_budget(max_params=max_params, max_latency_ms=max_latency_ms)
+        return select_layers(self.num_layers, depth, layers, self.mods.model.encoder.depth_policy)
+
+    def depth_for_budget(self, max_params: Optional[int] = None, max_latency_ms: Optional[float] = None,
+                         profile: Optional[dict] = None) -> int:
+        """The deepest depth whose executed encoder parameters / profiled latency fit the budget."""
+        rows = (profile or self.load_profile())["depths"] if max_latency_ms is not None else [
+            {"depth": d, "encoder_params": executed_parameters(
+                self.mods.model, select_layers(self.num_layers, d, policy=self.mods.model.encoder.depth_policy)
+            )["encoder"]} for d in range(1, self.num_layers + 1)]
+        key, limit = ("latency_ms", max_latency_ms) if max_latency_ms is not None else ("encoder_params", max_params)
+        fitting = [r["depth"] for r in rows if r[key] <= limit]
+        if not fitting:
+            cheapest = min(rows, key=lambda r: r[key])
+            raise BudgetError(f"no depth fits {key} <= {limit}: the cheapest, depth {cheapest['depth']}, needs "
+                              f"{cheapest[key]}")
+        return max(fitting)
+
+    # --------------------------------------------------------------- profile
+    def profile(self, seconds: float = 3.0, batch_size: int = 1, repeats: int = 5,
+                save: bool = True) -> dict:
+        """Measure encoder latency per depth on this machine (``seconds`` of audio); saves
+        ``depth_profile.json`` next to the bundle so budget calls can use it later."""
+        wavs = torch.randn(batch_size, int(seconds * self.hparams.sample_rate), device=self.device) * 0.1
+        lens = torch.ones(batch_size, device=self.device)
+        feats = self._features(wavs, lens)
+        rows = []
+        times = {d: [] for d in range(1, self.num_layers + 1)}
+        layer_sets = {d: self.layers_for(depth=d) for d in times}
+        with torch.inference_mode():
+            for d in times:
+                self.mods.model.encode(feats, lens, layers=layer_sets[d])
+            for _ in range(repeats):
+                for d in times:
+                    start = time.perf_counter()
+                    self.mods.model.encode(feats, lens, layers=layer_sets[d])
+                    if self.device != "cpu" and torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    times[d].append((time.perf_counter() - start) * 1000)
+        for d, t in times.items():
+            rows.append({"depth": d, "latency_ms": round(statistics.median(t), 3),
+                         "encoder_params": executed_parameters(self.mods.model, layer_sets[d])["encoder"]})
+        self._profile = {"device": str(self.device), "seconds": seconds, "batch_size": batch_size, "depths": rows}
+        if save and self.source_dir is not None:
+            (self.source_dir / PROFILE_FILE).write_text(json.dumps(self._profile, indent=1))
+        return self._profile
+
+    def load_profile(self) -> dict:
+        """The latency profile: measured in this session, else read from the bundle's depth_profile.json."""
+        if self._profile is not None:
+            return self._profile
+        path = self.source_dir / PROFILE_FILE if self.source_dir is not None else None
+        if path is None or not path.is_file():
+            raise BudgetError("max_latency_ms needs a latency profile: call profile() once on this machine")
+        self._profile = json.loads(path.read_text())
+        return self._profile
+
+    # --------------------------------------------------------------- transcription
+    def _features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        feats = self.hparams.compute_features(wavs)
+        return self.mods.normalize(feats, wav_lens)
+
+    def transcribe_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor, depth: Optional[int] = None,
+                         layers: Optional[Sequence[int]] = None, max_params: Optional[int] = None,
+                         max_latency_ms: Optional[float] = None) -> list[str]:
+        """Greedy CTC transcripts of a padded batch (B, T) at ``sample_rate`` with relative lengths."""
+        run = self.layers_for(depth, layers, max_params, max_latency_ms)
+        wavs, wav_lens = wavs.to(self.device).float(), wav_lens.to(self.device).float()
+        with torch.no_grad():
+            feats = self._features(wavs, wav_lens)
+            log_probs = self.mods.model(feats, wav_lens, layers=run)
+            hyps = sb.decoders.ctc_greedy_decode(log_probs, wav_lens, blank_id=self.hparams.blank_index)
+        return [self.hparams.tokenizer.decode_ids([int(i) for i in h]) for h in hyps]
+
+    def read_audio(self, path: Union[str, Path]) -> torch.Tensor:
+        """Mono waveform at the model's rate; InferenceInputError for unreadable, too short or silent audio."""
+        try:
+            sig = load_audio(str(path), self.hparams.sample_rate)
+        except AudioError as err:
+            raise InferenceInputError(str(err)) from err
+        seconds = sig.numel() / self.hparams.sample_rate
+        if seconds < self.min_seconds:
+            raise InferenceInputError(f"{path} is too short to transcribe ({seconds:.3f} s < {self.min_seconds} s)")
+        if sig.abs().max() < self.silence_peak:
+            raise InferenceInputError(f"{path} is silent (peak {sig.abs().max():.1e}): nothing to transcribe")
+        return sig
+
+    def transcribe_file(self, path: Union[str, Path], **depth_options) -> str:
+        """Transcript of one audio file (any format soundfile reads, any rate, mono or stereo)."""
+        sig = self.read_audio(path)
+        return self.transcribe_batch(sig.unsqueeze(0), torch.ones(1), **depth_options)[0]
+
+    def transcribe_files(self, paths: Sequence[Union[str, Path]], batch_size: int = 8,
+                         **depth_options) -> list[str]:
+        """Transcripts of several files, batched (padding handled with relative lengths)."""
+        out = []
+        for i in range(0, len(paths), batch_size):
+            sigs = [self.read_audio(p) for p in paths[i:i + batch_size]]
+            longest = max(s.numel() for s in sigs)
+            batch = torch.zeros(len(sigs), longest)
+            for j, s in enumerate(sigs):
+                batch[j, : s.numel()] = s
+            lens = torch.tensor([s.numel() / longest for s in sigs])
+            out += self.transcribe_batch(batch, lens, **depth_options)
+        return out

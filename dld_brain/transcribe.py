@@ -1,0 +1,71 @@
+"""Command line: transcribe audio files with a trained dynamic-depth model at a chosen depth or budget.
+
+  python -m dld_brain.transcribe --model results/fsdd/dld/inference --depth 3 a.wav b.flac
+  python -m dld_brain.transcribe --model DIR --budget-ms 15 *.wav     # deepest depth within 15 ms
+  python -m dld_brain.transcribe --model DIR --profile                 # measure latency per depth
+
+Prints ``<file>\\t<transcript>`` per file; a file that cannot be read is reported on stderr and the
+others are still transcribed (exit status 1 if any failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments."""
+    parser = argparse.ArgumentParser(prog="python -m dld_brain.transcribe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", help="audio files (wav, flac, ...; any sample rate, mono or stereo)")
+    parser.add_argument("--model", required=True, help="inference bundle folder (<run>/inference)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--depth", type=int, help="number of encoder layers to run (default: all)")
+    group.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")],
+                       help="explicit 0-based layer list, e.g. 0,3,5")
+    group.add_argument("--budget-ms", type=float, dest="budget_ms",
+                       help="deepest depth whose profiled encoder latency fits (run --profile once first)")
+    group.add_argument("--max-params", type=int, dest="max_params",
+                       help="deepest depth whose executed encoder parameters fit")
+    parser.add_argument("--profile", action="store_true", help="measure latency per depth and save it")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from dld_brain.gates import DepthError
+    from dld_brain.inference import BudgetError, DynamicDepthASR, InferenceInputError
+
+    asr = DynamicDepthASR.from_hparams(source=args.model, run_opts={"device": args.device})
+    if args.profile:
+        for row in asr.profile()["depths"]:
+            print(f"depth {row['depth']}: {row['latency_ms']:.2f} ms, {row['encoder_params']} encoder parameters")
+    options = {"depth": args.depth, "layers": args.layers, "max_latency_ms": args.budget_ms,
+               "max_params": args.max_params}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        layers = asr.layers_for(**options)
+    except (DepthError, BudgetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.files:
+        print(f"# {len(layers)} of {asr.num_layers} layers: {layers}", file=sys.stderr)
+    failed = 0
+    for path in tqdm(args.files, disable=len(args.files) < 5, file=sys.stderr, unit="file"):
+        try:
+            text = asr.transcribe_file(path, layers=layers)
+        except InferenceInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path}\t{text}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
