@@ -28,6 +28,7 @@ from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.checkpointing import RandomState
+from dld_brain.faults import maybe_kill
 from dld_brain.losses import ctc_posterior_kl
 from dld_brain.teacher import load_teacher
 
@@ -258,3 +259,4 @@ class DynamicDepthCTCBrain(sb.Brain):
         annealing = self.hparams_get("lr_annealing")
         if should_step and annealing is not None:
             annealing(self.optimizer)
+        maybe_kill("after_step", self.step)

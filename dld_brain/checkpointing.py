@@ -21,6 +21,8 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from dld_brain.faults import maybe_kill
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,9 +63,15 @@ class AtomicCheckpointer(Checkpointer):
         """Save as SpeechBrain does, then mark the checkpoint complete."""
         ckpt = super().save_checkpoint(meta=meta, end_of_epoch=end_of_epoch, name=name, verbosity=verbosity)
         if ckpt is not None:
+            maybe_kill("during_save", int(self._step_hint()))
             marker = Path(ckpt.path) / COMPLETE_MARKER
             marker.write_text("all files of this checkpoint were written\n")
         return ckpt
+
+    def _step_hint(self) -> int:
+        """The training step of the Brain owning this checkpointer (for fault injection)."""
+        brain = self.recoverables.get("brain")
+        return getattr(brain, "step", 0) if brain is not None else 0
 
     def _list_checkpoint_dirs(self):
         complete = []

@@ -86,14 +86,25 @@ def merged_tree(path: Union[str, os.PathLike]):
     return base
 
 
+def _parse_overrides(overrides):
+    """Overrides as a mapping; YAML text (as SpeechBrain builds it from --key=value) is parsed."""
+    if not isinstance(overrides, str):
+        return overrides
+    if not overrides.strip():
+        return None
+    try:
+        return _yaml().load(overrides)
+    except ruamel.yaml.YAMLError as err:
+        raise HparamsError(f"invalid command-line overrides (a key given twice, or bad YAML): {err}") from err
+
+
 def load_hparams(path: Union[str, os.PathLike], overrides: Optional[Union[str, Mapping]] = None) -> dict:
     """Resolve ``path`` (with its ``extends`` chain) and command-line ``overrides`` into a hparams dict.
 
     Overrides must name keys that exist; an unknown key raises :class:`HparamsError` naming it.
     """
     tree = merged_tree(path)
-    if isinstance(overrides, str):
-        overrides = _yaml().load(overrides) if overrides.strip() else None
+    overrides = _parse_overrides(overrides)
     if overrides:
         unknown = _unknown_keys(tree, overrides)
         if unknown:
@@ -113,8 +124,7 @@ def load_hparams(path: Union[str, os.PathLike], overrides: Optional[Union[str, M
 def resolved_yaml_text(path: Union[str, os.PathLike], overrides: Optional[Union[str, Mapping]] = None) -> str:
     """The merged YAML (extends chain + overrides applied, tags kept) as text, to save next to results."""
     tree = merged_tree(path)
-    if isinstance(overrides, str):
-        overrides = _yaml().load(overrides) if overrides.strip() else None
+    overrides = _parse_overrides(overrides)
     if overrides:
         _merge(tree, overrides)
     stream = io.StringIO()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import speechbrain as sb
+import torch
 from speechbrain.utils.distributed import run_on_main
 
 from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError
@@ -56,17 +57,25 @@ def build_tokenizer(hparams: dict):
     return tokenizer
 
 
+def private_generator(opts: dict, hparams: dict) -> dict:
+    """Loader options with a private torch.Generator (see train_loader_options)."""
+    return {**opts, "generator": torch.Generator().manual_seed(int(hparams.get("seed", 0)))}
+
+
 def train_loader_options(hparams: dict, train_set) -> dict:
     """Training DataLoader options; with ``dynamic_batching: True`` a duration-bucketed batch sampler
     (SpeechBrain's DynamicBatchSampler, options in ``dynamic_batch_sampler_train``) replaces batch_size."""
     opts = dict(hparams["train_dataloader_opts"])
+    # A private generator: creating a DataLoader iterator then draws nothing from the global RNG, so
+    # a run resumed mid-epoch consumes exactly the random numbers the uninterrupted run would have.
+    opts.setdefault("generator", torch.Generator().manual_seed(int(hparams.get("seed", 0))))
     if not hparams.get("dynamic_batching", False):
         return opts
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
     sampler = DynamicBatchSampler(train_set, length_func=lambda x: float(x["duration"]),
                                   **hparams["dynamic_batch_sampler_train"])
-    return {"batch_sampler": sampler, "num_workers": opts.get("num_workers", 0)}
+    return {"batch_sampler": sampler, "num_workers": opts.get("num_workers", 0), "generator": opts["generator"]}
 
 
 def evaluation_tag(hparams: dict) -> str:
@@ -103,11 +112,12 @@ def run_asr_recipe(
     if not hparams.get("skip_training", False):
         brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
                   train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
-                  valid_loader_kwargs=hparams["valid_dataloader_opts"])
+                  valid_loader_kwargs=private_generator(hparams["valid_dataloader_opts"], hparams))
     test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
     depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
                 depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
-                loader_kwargs=hparams["test_dataloader_opts"], tag=evaluation_tag(hparams))
+                loader_kwargs=private_generator(hparams["test_dataloader_opts"], hparams),
+                tag=evaluation_tag(hparams))
     if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, brain.modules, tokenizer.prefix_model_file + ".model",
                                         Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")

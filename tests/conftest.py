@@ -18,6 +18,13 @@ TINY_FSDD = [
 ]
 
 
+def tiny(**changes) -> list:
+    """TINY_FSDD with some values changed or added, e.g. ``tiny(number_of_epochs=2)``."""
+    values = dict(arg[2:].split("=", 1) for arg in TINY_FSDD)
+    values.update({k: str(v) for k, v in changes.items()})
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
 @pytest.fixture(scope="session")
 def fsdd_dir() -> Path:
     """The shared FSDD copy (real speech); tests needing it skip only when it is absent."""

@@ -1,0 +1,32 @@
+"""Fault injection for the robustness tests: kill the real training process at a chosen point.
+
+Set ``DLD_FAULT=<point>:<step>`` in the environment of a training run:
+``after_step:<k>`` SIGKILLs the process right after optimiser step k (before any checkpoint of that step);
+``during_save:<k>`` SIGKILLs it while the first checkpoint saved after step k is half-written.
+Unset (the normal case), the hooks do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "DLD_FAULT"
+
+
+def _fault() -> tuple[str, int] | None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    point, _, step = spec.partition(":")
+    return point, int(step)
+
+
+def maybe_kill(point: str, step: int) -> None:
+    """SIGKILL this process if ``DLD_FAULT`` asks for ``point`` at (or, for saves, after) ``step``."""
+    fault = _fault()
+    if fault is None:
+        return
+    want, at = fault
+    if want == point and (step == at if point == "after_step" else step >= at):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,74 @@
+"""Fault injection on real training runs (FSDD audio, tiny model): SIGKILL mid-epoch and during a
+checkpoint save, then rerun the same command: the resumed run must end with the same model as an
+uninterrupted one, and a half-written checkpoint must never be loaded."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, tiny
+
+TRAIN = str(REPO / "recipes" / "FSDD" / "train.py")
+
+
+def run(out, prep, fsdd_dir, fault=None):
+    env = dict(os.environ)
+    env.pop("DLD_FAULT", None)
+    if fault:
+        env["DLD_FAULT"] = fault
+    args = [sys.executable, TRAIN, str(REPO / "hparams" / "fsdd" / "rdsc.yaml"), f"--experiment_root={out}",
+            f"--prep_folder={prep}", f"--data_folder={fsdd_dir}",
+            *tiny(number_of_epochs=2, batch_size=2, ckpt_interval_steps=3, sweep_depths="[4]")]
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def final_model(out):
+    save = out / "rdsc" / "save"
+    ckpts = sorted(p for p in save.glob("CKPT+*") if (p / "COMPLETE").is_file())
+    metas = {p: (p / "CKPT.yaml").read_text() for p in ckpts}
+    last = [p for p, m in metas.items() if "epoch: 2" in m]
+    assert last, f"no end-of-epoch-2 checkpoint in {save}: {list(metas)}"
+    return torch.load(last[0] / "model.ckpt")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, fsdd_dir):
+    root = tmp_path_factory.mktemp("robust")
+    proc = run(root / "ref", root / "prep", fsdd_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root, final_model(root / "ref")
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), f"{key} differs after resumption"
+
+
+def test_sigkill_mid_epoch_then_rerun_gives_the_same_model(reference, fsdd_dir):
+    root, ref = reference
+    killed = run(root / "kill", root / "prep", fsdd_dir, fault="after_step:7")
+    assert killed.returncode == -signal.SIGKILL
+    assert any((p / "COMPLETE").is_file() for p in (root / "kill" / "rdsc" / "save").glob("CKPT+*"))
+    resumed = run(root / "kill", root / "prep", fsdd_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Loading a checkpoint" in resumed.stdout + resumed.stderr
+    assert_same(ref, final_model(root / "kill"))
+
+
+def test_checkpoint_half_written_at_the_kill_is_never_loaded(reference, fsdd_dir):
+    root, ref = reference
+    killed = run(root / "save", root / "prep", fsdd_dir, fault="during_save:6")
+    assert killed.returncode == -signal.SIGKILL
+    save = root / "save" / "rdsc" / "save"
+    incomplete = [p for p in save.glob("CKPT+*") if not (p / "COMPLETE").is_file()]
+    assert incomplete, "the fault should have left a checkpoint without its COMPLETE marker"
+    resumed = run(root / "save", root / "prep", fsdd_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    log = resumed.stdout + resumed.stderr
+    assert "Ignoring incomplete checkpoint" in log
+    assert f"Loading a checkpoint from {incomplete[0]}" not in log
+    assert_same(ref, final_model(root / "save"))
