@@ -60,6 +60,19 @@ def _merge(base, child) -> None:
             base[key] = value
 
 
+def _strip_comments(node) -> None:
+    """Drop ruamel's comment tokens in place: a comment after a tag (``- !new:X  # note``) can otherwise
+    be dumped inside the node and silently turn an object into a dict."""
+    comments = getattr(node, "ca", None)
+    if comments is not None:
+        comments.items.clear()
+        comments.comment = None
+        comments.end = []
+    children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else []
+    for child in children:
+        _strip_comments(child)
+
+
 def merged_tree(path: Union[str, os.PathLike]):
     """Load ``path`` as a ruamel tree (tags kept), applying its ``extends`` chain."""
     path = Path(path)
@@ -111,6 +124,7 @@ def load_hparams(path: Union[str, os.PathLike], overrides: Optional[Union[str, M
             raise HparamsError(
                 f"override keys {unknown} are not defined in {path} (or its base); check the spelling"
             )
+    _strip_comments(tree)
     stream = io.StringIO()
     _yaml().dump(tree, stream)
     stream.seek(0)
