@@ -73,15 +73,17 @@ def check_state_compatible(student_state: dict, teacher_state: dict, source: str
                                f"{len(s_layers)}: use a teacher of the same depth (num_layers)")
         raise TeacherError(f"teacher {source} is another architecture: parameters missing {missing[:5]}, "
                            f"unexpected {extra[:5]}")
-    for key in sorted(s_keys):
+    head = ("ctc_head", "classifier")
+    for key in sorted(s_keys, key=lambda k: (k.startswith(head), k)):  # output layers last
         s_shape, t_shape = tuple(student_state[key].shape), tuple(teacher_state[key].shape)
-        if s_shape != t_shape:
-            if key.startswith("ctc_head") or key.startswith("classifier"):
-                raise TeacherError(f"teacher {source} has an output vocabulary of {t_shape[0]} units but the "
-                                   f"student has {s_shape[0]}: teacher and student must share the tokenizer "
-                                   f"/ label encoder ({key})")
-            raise TeacherError(f"teacher {source} is another architecture: {key} has shape {t_shape} there "
-                               f"and {s_shape} in the student (check d_model, d_ffn, nhead, kernel_size)")
+        if s_shape == t_shape:
+            continue
+        if key.startswith(head) and s_shape[1:] == t_shape[1:]:
+            raise TeacherError(f"teacher {source} has an output vocabulary of {t_shape[0]} units but the "
+                               f"student has {s_shape[0]}: teacher and student must share the tokenizer "
+                               f"/ label encoder ({key})")
+        raise TeacherError(f"teacher {source} is another architecture: {key} has shape {t_shape} there "
+                           f"and {s_shape} in the student (check d_model, d_ffn, nhead, kernel_size)")
 
 
 def load_module_checked(module: torch.nn.Module, ckpt_file: Path) -> None:
