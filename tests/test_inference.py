@@ -1,0 +1,99 @@
+"""Loading a trained model's inference bundle: same transcripts as the recipe's own decoding at every
+depth, budget selection, input errors, and the command-line tool on real audio."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import speechbrain as sb
+import torch
+from conftest import REPO
+from test_fsdd_recipe import trained  # noqa: F401  (module fixture: a tiny teacher + DLD on real FSDD)
+
+from dld_brain.inference import BudgetError, DynamicDepthASR, InferenceInputError
+
+
+@pytest.fixture(scope="module")
+def asr(trained):  # noqa: F811
+    root, _, _ = trained
+    return DynamicDepthASR.from_hparams(source=root / "dld" / "inference")
+
+
+def recipe_transcripts(brain, wavs, depth):
+    """What the training recipe's own evaluation path decodes for each file alone."""
+    out = []
+    for wav in wavs:
+        sig = torch.from_numpy(soundfile.read(wav, dtype="float32")[0]).unsqueeze(0)
+        lens = torch.ones(1)
+        batch = type("B", (), {"sig": (sig, lens)})()
+        feats, lens = brain.compute_features(batch, sb.Stage.TEST)
+        with brain.modules.model.encoder.at_depth(depth), torch.no_grad():
+            brain.modules.model.eval()
+            log_probs = brain.modules.model(feats, lens)
+        hyp = sb.decoders.ctc_greedy_decode(log_probs, lens, blank_id=0)[0]
+        out.append(brain.tokenizer_decode(hyp))
+    return out
+
+
+def test_round_trip_same_transcripts_at_every_depth(trained, asr):  # noqa: F811
+    root, _, dld = trained
+    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:6]
+    for depth in range(1, 5):
+        assert asr.transcribe_files(wavs, batch_size=1, depth=depth) == recipe_transcripts(dld, wavs, depth)
+
+
+def test_depth_changes_between_calls_and_budget_selection(asr, trained):  # noqa: F811
+    root, _, _ = trained
+    wav = pd.read_csv(root / "prepared" / "test.csv")["wav"].iloc[0]
+    assert asr.layers_for(depth=2) == [1, 3] and asr.layers_for() == [0, 1, 2, 3]
+    asr.transcribe_file(wav, depth=1)
+    asr.transcribe_file(wav, layers=[0, 3])
+    profile = {"depths": [{"depth": d, "latency_ms": 10.0 * d, "encoder_params": 100 * d} for d in range(1, 5)]}
+    assert asr.depth_for_budget(max_latency_ms=25, profile=profile) == 2
+    assert asr.depth_for_budget(max_latency_ms=1000, profile=profile) == 4
+    with pytest.raises(BudgetError, match="cheapest, depth 1"):
+        asr.depth_for_budget(max_latency_ms=5, profile=profile)
+    per_layer = sum(p.numel() for p in asr.mods.model.encoder.layers[0].parameters())
+    assert asr.depth_for_budget(max_params=3 * per_layer + 1000) == 3
+    measured = asr.profile(seconds=1.0, repeats=1)
+    assert [r["depth"] for r in measured["depths"]] == [1, 2, 3, 4]
+    assert (root / "dld" / "inference" / "depth_profile.json").is_file()
+
+
+def test_any_rate_stereo_and_bad_inputs(asr, trained, tmp_path):  # noqa: F811
+    root, _, _ = trained
+    wav = pd.read_csv(root / "prepared" / "test.csv")["wav"].iloc[0]
+    audio, rate = soundfile.read(wav, dtype="float32")
+    soundfile.write(tmp_path / "stereo44k.flac", np.stack([audio, audio], 1)[::1], rate, format="FLAC")
+    import torchaudio
+
+    up = torchaudio.functional.resample(torch.from_numpy(audio), rate, 44100).numpy()
+    soundfile.write(tmp_path / "up.wav", np.stack([up, up], 1), 44100)
+    assert asr.transcribe_file(tmp_path / "stereo44k.flac") == asr.transcribe_file(wav)
+    assert isinstance(asr.transcribe_file(tmp_path / "up.wav"), str)
+    soundfile.write(tmp_path / "short.wav", audio[:800], rate)
+    soundfile.write(tmp_path / "silent.wav", np.zeros(16000, dtype="float32"), rate)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    for name, message in [("short.wav", "too short"), ("silent.wav", "silent"), ("broken.wav", "cannot read"),
+                          ("missing.wav", "cannot read")]:
+        with pytest.raises(InferenceInputError, match=message) as err:
+            asr.transcribe_file(tmp_path / name)
+        assert name in str(err.value)
+
+
+def test_cli_on_real_audio(trained, tmp_path):  # noqa: F811
+    root, _, _ = trained
+    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:6]
+    cmd = [sys.executable, "-m", "dld_brain.transcribe", "--model", str(root / "dld" / "inference"),
+           "--depth", "2", *wavs, str(tmp_path / "missing.wav")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1 and [line.split("\t")[0] for line in lines] == wavs
+    assert "missing.wav" in proc.stderr and "2 of 4 layers" in proc.stderr
+    bad = subprocess.run([*cmd[:5], "--depth", "9", wavs[0]], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "depth 9 is out of range" in bad.stderr
+    help_text = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, cwd=REPO).stdout
+    assert "--budget-ms" in help_text and "--depth" in help_text
