@@ -1,5 +1,7 @@
 """Finding, checking and freezing the teacher checkpoint; method configuration checks."""
 
+import re
+
 import pytest
 import torch
 from speechbrain.processing.features import InputNormalization
@@ -10,75 +12,169 @@ from dld_brain.lobes import ConformerCTC
 from dld_brain.teacher import TeacherError, find_checkpoint, load_teacher
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is much faster than two contending on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(**kw):
     cfg = dict(n_mels=16, vocab_size=8, d_model=32, num_layers=4, nhead=2, d_ffn=64, kernel_size=3)
     torch.manual_seed(kw.pop("seed", 0))
     return ConformerCTC(**{**cfg, **kw})
 
 
+def student(**kw):
+    return {"model": tiny(seed=1, **kw), "normalize": InputNormalization()}
+
+
 def save_run(folder, wers=(30.0,), **kw):
+    """A teacher run folder: ``folder/save/CKPT+...`` with model.ckpt and normalize.ckpt, one per WER.
+
+    Returns the model, the normaliser and the model state saved with each WER (weights change between saves).
+    """
     model, norm = tiny(**kw), InputNormalization()
     norm.train()
-    norm(torch.randn(2, 10, 16), torch.ones(2))
+    norm(torch.randn(2, 10, 16) * 3 + 1, torch.ones(2))  # gives the normaliser statistics
     ckpt = Checkpointer(folder / "save", recoverables={"model": model, "normalize": norm})
+    states = {}
     for wer in wers:
-        ckpt.save_checkpoint(meta={"WER": wer})
+        ckpt.save_checkpoint(meta={"WER": wer} if wer is not None else {})
+        states[wer] = {k: v.clone() for k, v in model.state_dict().items()}
         with torch.no_grad():
-            next(model.parameters()).add_(1.0)
-    return model, norm
+            for p in model.parameters():
+                p.add_(0.1)
+    return model, norm, states
 
 
-def test_find_checkpoint_forms_and_best_wer(tmp_path):
-    save_run(tmp_path, wers=(30.0, 10.0, 20.0))
+# ---- find_checkpoint ------------------------------------------------------------------------------
+
+
+def test_find_checkpoint_accepts_ckpt_save_and_run_folders(tmp_path):
+    save_run(tmp_path)
+    ckpts = list((tmp_path / "save").glob("CKPT+*"))
+    assert len(ckpts) == 1
+    assert find_checkpoint(tmp_path) == ckpts[0]  # run folder holding save/
+    assert find_checkpoint(tmp_path / "save") == ckpts[0]  # the checkpointer's folder
+    assert find_checkpoint(ckpts[0]) == ckpts[0]  # one CKPT+ dir
+    assert find_checkpoint(str(tmp_path)) == ckpts[0]  # a string path works too
+
+
+def test_find_checkpoint_picks_the_lowest_wer(tmp_path):
+    _, _, states = save_run(tmp_path, wers=(30.0, 10.0, 20.0))
     best = find_checkpoint(tmp_path)
     assert "10.0" in (best / "CKPT.yaml").read_text()
-    assert find_checkpoint(tmp_path / "save") == best == find_checkpoint(best)
-    with pytest.raises(TeacherError, match="does not exist"):
-        find_checkpoint(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(TeacherError, match="no SpeechBrain checkpoint"):
-        find_checkpoint(tmp_path / "empty")
+    assert find_checkpoint(tmp_path / "save") == best
+    saved = torch.load(best / "model.ckpt")
+    assert all(torch.equal(saved[k], v) for k, v in states[10.0].items())
 
 
-def test_load_teacher_frozen_copies(tmp_path):
-    model, norm = save_run(tmp_path)
-    saved = torch.load(find_checkpoint(tmp_path) / "model.ckpt")
-    student = {"model": tiny(seed=1), "normalize": InputNormalization()}
-    teacher, _ = load_teacher(student, tmp_path)
-    assert not teacher["model"].training and not any(p.requires_grad for p in teacher["model"].parameters())
-    assert all(torch.equal(v, saved[k]) for k, v in teacher["model"].state_dict().items())
-    assert teacher["model"] is not student["model"]
+def test_find_checkpoint_without_wer_takes_the_newest(tmp_path):
+    save_run(tmp_path, wers=(None, None))
+    ckpts = list((tmp_path / "save").glob("CKPT+*"))
+    assert len(ckpts) == 2
+    newest = max(ckpts, key=lambda p: float(re.search(r"unixtime: ([\d.]+)", (p / "CKPT.yaml").read_text())[1]))
+    assert find_checkpoint(tmp_path) == newest
+
+
+def test_find_checkpoint_errors(tmp_path):
+    missing = tmp_path / "no_such_teacher"
+    with pytest.raises(TeacherError, match=re.escape(str(missing)) + " does not exist"):
+        find_checkpoint(missing)
+    empty = tmp_path / "empty"
+    (empty / "save").mkdir(parents=True)
+    with pytest.raises(TeacherError, match="no SpeechBrain checkpoint.*" + re.escape(str(empty))):
+        find_checkpoint(empty)
+
+
+# ---- load_teacher ---------------------------------------------------------------------------------
+
+
+def test_load_teacher_returns_frozen_copies_of_the_saved_weights(tmp_path):
+    _, norm, states = save_run(tmp_path, wers=(30.0, 12.0))
+    modules = student()
+    before = {k: v.clone() for k, v in modules["model"].state_dict().items()}
+    teacher, ckpt = load_teacher(modules, tmp_path)
+    assert ckpt == find_checkpoint(tmp_path) and set(teacher) == {"model", "normalize"}
+    model = teacher["model"]
+    assert model is not modules["model"] and teacher["normalize"] is not modules["normalize"]
+    assert not model.training and not teacher["normalize"].training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model.state_dict().keys() == states[12.0].keys()
+    assert all(torch.equal(v, states[12.0][k]) for k, v in model.state_dict().items())  # the best checkpoint
+    assert all(torch.equal(v, before[k]) for k, v in modules["model"].state_dict().items())  # student untouched
+    assert all(p.requires_grad for p in modules["model"].parameters()) and modules["model"].training
     assert torch.allclose(teacher["normalize"].glob_mean, norm.glob_mean)
+    assert torch.allclose(teacher["normalize"].glob_std, norm.glob_std)
+    assert not torch.allclose(norm.glob_mean, torch.zeros_like(norm.glob_mean))  # real statistics
+    feats = torch.randn(2, 40, 16)
+    with torch.no_grad():
+        reference = tiny(seed=5)
+        reference.load_state_dict(states[12.0])
+        assert torch.allclose(model(feats, torch.ones(2)), reference.eval()(feats, torch.ones(2)), atol=1e-5)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(d_model=48), r"another architecture: .* has shape"),
-    (dict(num_layers=3), "teacher .* has 4 encoder layers but the student has 3"),
-    (dict(vocab_size=9), "output vocabulary of 8 units but the student has 9.*tokenizer"),
+@pytest.mark.parametrize("change, patterns", [
+    (dict(d_model=48), [r"another architecture", r"encoder\.layers\.\S+ has shape \(32,?.*\) there and \(48,?.*\)"
+                        r" in the student", "d_model"]),
+    (dict(num_layers=3), [r"has 4 encoder layers but the student has 3", "num_layers"]),
+    (dict(num_layers=6), [r"has 4 encoder layers but the student has 6"]),
+    (dict(vocab_size=9), [r"output vocabulary of 8 units but the student has 9", "tokenizer"]),
+    (dict(kernel_size=5), [r"convolution_module\.conv\.weight has shape \(32, 1, 3\) there and \(32, 1, 5\)"]),
 ])
-def test_incompatible_teacher(tmp_path, change, message):
+def test_incompatible_teacher_is_named(tmp_path, change, patterns):
     save_run(tmp_path)
-    student = {"model": tiny(**change), "normalize": InputNormalization()}
-    with pytest.raises(TeacherError, match=message):
-        load_teacher(student, tmp_path)
+    with pytest.raises(TeacherError) as info:
+        load_teacher(student(**change), tmp_path)
+    message = str(info.value)
+    assert "model.ckpt" in message
+    for pattern in patterns:
+        assert re.search(pattern, message), (pattern, message)
 
 
 def test_missing_or_corrupt_teacher_files(tmp_path):
     save_run(tmp_path)
     ckpt = find_checkpoint(tmp_path)
-    (ckpt / "model.ckpt").write_bytes(b"garbage")
-    with pytest.raises(TeacherError, match="unreadable"):
-        load_teacher({"model": tiny(), "normalize": InputNormalization()}, tmp_path)
+    (ckpt / "model.ckpt").write_bytes(b"\x00garbage, not a torch file\xff" * 10)
+    with pytest.raises(TeacherError, match="model.ckpt is unreadable"):
+        load_teacher(student(), tmp_path)
     (ckpt / "model.ckpt").unlink()
-    with pytest.raises(TeacherError, match="file missing: .*model.ckpt"):
-        load_teacher({"model": tiny(), "normalize": InputNormalization()}, tmp_path)
+    with pytest.raises(TeacherError, match=r"file missing: .*model\.ckpt"):
+        load_teacher(student(), tmp_path)
+
+
+def test_missing_normaliser_file(tmp_path):
+    save_run(tmp_path)
+    (find_checkpoint(tmp_path) / "normalize.ckpt").unlink()
+    with pytest.raises(TeacherError, match=r"file missing: .*normalize\.ckpt"):
+        load_teacher(student(), tmp_path)
+
+
+# ---- method configuration -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("hparams, message", [
-    (dict(kd_weight=1.0), "kd_weight > 0 .* needs teacher_checkpoint"),
+    (dict(kd_weight=1.0), r"kd_weight > 0 .* needs teacher_checkpoint"),
+    (dict(kd_weight=0.5, teacher_checkpoint=None), r"kd_weight > 0 .* needs teacher_checkpoint"),
+    (dict(kd_weight=1.0, teacher_checkpoint=""), r"kd_weight > 0 .* needs teacher_checkpoint"),
     (dict(init_from_teacher=True), "init_from_teacher: True needs teacher_checkpoint"),
-    (dict(kd_weight=-1.0, teacher_checkpoint="x"), "kd_weight must be >= 0"),
+    (dict(kd_weight=-1.0, teacher_checkpoint="x"), "kd_weight must be >= 0, got -1.0"),
+    (dict(kd_weight=-0.1), "kd_weight must be >= 0"),
 ])
 def test_method_config_errors(hparams, message):
     with pytest.raises(MethodConfigError, match=message):
         check_method_config(hparams)
+
+
+@pytest.mark.parametrize("hparams", [
+    {},  # static teacher training
+    dict(kd_weight=0.0, init_from_teacher=False, teacher_checkpoint=None),  # RDsc
+    dict(kd_weight=0.0, init_from_teacher=True, teacher_checkpoint="results/fsdd/teacher"),  # RDLD
+    dict(kd_weight=1.0, init_from_teacher=True, teacher_checkpoint="results/fsdd/teacher"),  # DLD
+    dict(kd_weight=None),
+])
+def test_valid_method_configs_pass(hparams):
+    assert check_method_config(hparams) is None
