@@ -28,11 +28,15 @@ from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.checkpointing import RandomState
-from dld_brain.faults import maybe_kill
+from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl
 from dld_brain.teacher import load_teacher
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed non-finite past the patience; the message says what to try."""
 
 
 class EvaluationError(RuntimeError):
@@ -147,6 +151,8 @@ class DynamicDepthCTCBrain(sb.Brain):
             self._loss_parts["kd"] += float(loss_kd.detach())
             loss = loss + self.kd_weight * loss_kd
         self._loss_parts["batches"] += 1
+        if stage == sb.Stage.TRAIN and nan_loss(self.step):
+            loss = loss * float("nan")  # fault injection (tests only; see dld_brain.faults)
         if stage != sb.Stage.TRAIN:
             hyps = sb.decoders.ctc_greedy_decode(log_probs, wav_lens, blank_id=self.hparams.blank_index)
             words = [self.tokenizer_decode(h).split() for h in hyps]
@@ -202,6 +208,8 @@ class DynamicDepthCTCBrain(sb.Brain):
         """Log, checkpoint on mean validation WER over ``valid_depths``, write WER details at test."""
         stats = {"loss": stage_loss, **self._loss_stats()}
         if stage == sb.Stage.TRAIN:
+            if self.nonfinite_count:
+                stats["nonfinite_steps"] = self.nonfinite_count
             self.train_stats = stats
             return
         wers = {d: m.summarize("error_rate") for d, m in self.wer_metrics.items()}
@@ -226,6 +234,33 @@ class DynamicDepthCTCBrain(sb.Brain):
                 Path(self.wer_file).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.wer_file, "w") as handle:
                     self.wer_metrics[None].write_stats(handle)
+
+    def check_loss_isfinite(self, loss):
+        """A non-finite loss skips the step (its gradients are dropped) and is counted; past
+        ``--nonfinite_patience`` such steps training stops with :class:`NonFiniteLossError`."""
+        if torch.isfinite(loss):
+            return
+        self._skip_step = True
+        self.nonfinite_count += 1
+        logger.warning("Non-finite loss at epoch %s step %d: step skipped (%d so far, patience %d)",
+                       self.hparams.epoch_counter.current, self.step, self.nonfinite_count,
+                       self.nonfinite_patience)
+        if self.nonfinite_count > self.nonfinite_patience:
+            raise NonFiniteLossError(
+                f"the loss was non-finite in {self.nonfinite_count} steps (patience {self.nonfinite_patience}); "
+                "training stopped. The last checkpoint is intact: lower lr, check the data (see "
+                "skipped_<set>.txt), or train in float32 (--precision=fp32), then rerun to resume.")
+
+    def optimizers_step(self):
+        """SpeechBrain's step, except after a non-finite loss: then the gradients are dropped and the
+        parameters, optimiser state and learning-rate schedule are left untouched."""
+        if getattr(self, "_skip_step", False):
+            self._skip_step = False
+            self._skipped_step = True
+            for param in self.modules.parameters():
+                param.grad = None
+            return
+        super().optimizers_step()
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Load the model to evaluate: ``eval_epoch`` (that epoch's checkpoint), else the best by
@@ -257,6 +292,8 @@ class DynamicDepthCTCBrain(sb.Brain):
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Step the per-batch learning-rate schedule, if the YAML defines ``lr_annealing``."""
         annealing = self.hparams_get("lr_annealing")
-        if should_step and annealing is not None:
+        skipped = getattr(self, "_skipped_step", False)
+        self._skipped_step = False
+        if should_step and annealing is not None and not skipped:
             annealing(self.optimizer)
         maybe_kill("after_step", self.step)

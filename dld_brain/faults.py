@@ -2,7 +2,8 @@
 
 Set ``DLD_FAULT=<point>:<step>`` in the environment of a training run:
 ``after_step:<k>`` SIGKILLs the process right after optimiser step k (before any checkpoint of that step);
-``during_save:<k>`` SIGKILLs it while the first checkpoint saved after step k is half-written.
+``during_save:<k>`` SIGKILLs it while the first checkpoint saved after step k is half-written;
+``nan_loss:<k>`` makes the loss of step k NaN, ``nan_loss_from:<k>`` of every step from k on.
 Unset (the normal case), the hooks do nothing.
 """
 
@@ -30,3 +31,12 @@ def maybe_kill(point: str, step: int) -> None:
     want, at = fault
     if want == point and (step == at if point == "after_step" else step >= at):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def nan_loss(step: int) -> bool:
+    """True if ``DLD_FAULT`` asks for a non-finite loss at this training step."""
+    fault = _fault()
+    if fault is None:
+        return False
+    want, at = fault
+    return (want == "nan_loss" and step == at) or (want == "nan_loss_from" and step >= at)

@@ -15,11 +15,11 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import run_on_main
 
-from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError
+from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError, NonFiniteLossError
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
 from dld_brain.export import write_inference_bundle
-from dld_brain.gates import DepthError
+from dld_brain.gates import DepthError, select_layers
 from dld_brain.hparams import HparamsError, load_hparams, resolved_yaml_text
 from dld_brain.sweep import depth_sweep
 from dld_brain.teacher import TeacherError
@@ -28,7 +28,7 @@ from dld_brain.validation import BadDataError
 logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
+USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
@@ -78,6 +78,17 @@ def train_loader_options(hparams: dict, train_set) -> dict:
     return {"batch_sampler": sampler, "num_workers": opts.get("num_workers", 0), "generator": opts["generator"]}
 
 
+def check_depth_options(hparams: dict) -> None:
+    """Reject out-of-range ``valid_depths`` / ``sweep_depths`` / policy before anything runs."""
+    encoder = hparams["model"].encoder
+    for key in ("valid_depths", "sweep_depths"):
+        for depth in hparams.get(key) or []:
+            try:
+                select_layers(encoder.num_layers, depth, policy=hparams.get("sweep_policy") or encoder.depth_policy)
+            except DepthError as err:
+                raise DepthError(f"{key}: {err}") from None
+
+
 def evaluation_tag(hparams: dict) -> str:
     """File-name suffix saying which weights were evaluated: ``_ep<k>``, ``_avg<k>`` or nothing (best)."""
     if hparams.get("eval_epoch"):
@@ -99,6 +110,7 @@ def run_asr_recipe(
     sweep on every test set with ``wer_<set>_n<k>.txt`` and ``depth_sweep_<set>.csv/.md`` outputs.
     """
     hparams, run_opts, _ = setup_experiment(argv)
+    check_depth_options(hparams)  # before any data preparation or training
     run_on_main(prepare, kwargs={"hparams": hparams})
     if configure is not None:
         configure(hparams)

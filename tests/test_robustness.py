@@ -21,7 +21,7 @@ def run(out, prep, fsdd_dir, fault=None):
         env["DLD_FAULT"] = fault
     args = [sys.executable, TRAIN, str(REPO / "hparams" / "fsdd" / "rdsc.yaml"), f"--experiment_root={out}",
             f"--prep_folder={prep}", f"--data_folder={fsdd_dir}",
-            *tiny(number_of_epochs=2, batch_size=2, ckpt_interval_steps=3, sweep_depths="[4]")]
+            *tiny(number_of_epochs=2, batch_size=2, ckpt_interval_steps=3, sweep_depths="[4]"), "--nonfinite_patience=3"]
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
 
 
@@ -72,3 +72,33 @@ def test_checkpoint_half_written_at_the_kill_is_never_loaded(reference, fsdd_dir
     assert "Ignoring incomplete checkpoint" in log
     assert f"Loading a checkpoint from {incomplete[0]}" not in log
     assert_same(ref, final_model(root / "save"))
+
+
+def test_nonfinite_loss_is_skipped_and_counted(reference, fsdd_dir, tmp_path):
+    root, _ = reference
+    proc = run(tmp_path / "nan", root / "prep", fsdd_dir, fault="nan_loss:3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Non-finite loss at epoch 1 step 3: step skipped (1 so far" in proc.stdout + proc.stderr
+    log = (tmp_path / "nan" / "rdsc" / "train_log.txt").read_text()
+    assert "nonfinite_steps: 1" in log
+    model = final_model(tmp_path / "nan")
+    assert all(torch.isfinite(v).all() for v in model.values())
+
+
+def test_persistent_nonfinite_loss_stops_with_a_clear_message(reference, fsdd_dir, tmp_path):
+    root, _ = reference
+    proc = run(tmp_path / "nan", root / "prep", fsdd_dir, fault="nan_loss_from:2")
+    assert proc.returncode == 2
+    assert "error: the loss was non-finite in 4 steps (patience 3)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_same_seed_same_model_and_wer(reference, fsdd_dir, tmp_path):
+    root, ref = reference
+    proc = run(tmp_path / "again", root / "prep", fsdd_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same(ref, final_model(tmp_path / "again"))
+    first = (root / "ref" / "rdsc" / "depth_sweep_test.csv").read_text().splitlines()
+    second = (tmp_path / "again" / "rdsc" / "depth_sweep_test.csv").read_text().splitlines()
+    wer = lambda lines: [line.split(",")[4] for line in lines]  # noqa: E731  (latency columns vary)
+    assert wer(first) == wer(second)
