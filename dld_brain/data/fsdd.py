@@ -1,14 +1,16 @@
 """Connected-digit ASR corpus built from the Free Spoken Digit Dataset (FSDD, CC BY-SA 4.0).
 
-FSDD holds 3000 isolated digits (6 speakers x 10 digits x 50 takes, 8 kHz). We concatenate clips of one
-speaker into strings of ``min_digits..max_digits`` digits with short random silences, resample to 16 kHz
-and split speaker-disjointly: train on 4 speakers; the 2 held-out speakers' takes 0-24 are the validation
-set and takes 25-49 the test set. Everything comes from one seeded generator, so the same seed gives
-byte-identical manifests and audio.
+FSDD holds 3000 isolated digits (6 speakers x 10 digits x 50 takes, 8 kHz mono, ``{digit}_{speaker}_{take}.wav``
+in ``recordings/``). We join clips of ONE speaker into strings of ``min_digits..max_digits`` digits with short
+random silences, resample to 16 kHz and split speaker-disjointly: training uses every take of the training
+speakers (``train_copies`` differently shuffled passes); the held-out speakers' takes 0-24 form the validation
+set and takes 25-49 the test set, each take used once. One seeded ``random.Random`` drives everything, so the
+same arguments give byte-identical manifests and audio. The derived audio stays CC BY-SA 4.0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,136 +27,261 @@ import soundfile
 import torch
 import torchaudio
 
-from dld_brain.data.manifest import DataPrepError, PrepMarker, write_manifest
+from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, write_manifest
 
 logger = logging.getLogger(__name__)
 
 DIGIT_WORDS = ("ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler", "george", "lucas")
-TAKES = 50
+TAKES = 50  # takes per digit and speaker; held out: 0-24 valid, 25-49 test
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.zip"
-SOURCE_RATE = 8000
+SPLITS = ("train", "valid", "test")
+PREP_VERSION = 2  # bump when the generated audio or manifests change, so old preps are redone
+
+Clip = tuple[int, int]  # (digit, take)
 
 
 def digits_to_words(digits: Sequence[int]) -> str:
-    """``[3, 1, 4]`` -> ``"THREE ONE FOUR"``."""
+    """``[3, 1, 4]`` -> ``"THREE ONE FOUR"`` (the transcript of a digit string)."""
     return " ".join(DIGIT_WORDS[int(d)] for d in digits)
 
 
-def _has_recordings(folder: Path) -> Optional[Path]:
-    """The folder holding FSDD's wavs: ``folder/recordings`` or ``folder`` itself, else None."""
-    for candidate in (folder / "recordings", folder):
-        if candidate.is_dir() and any(candidate.glob("0_*_0.wav")):
-            return candidate
+# ---------------------------------------------------------------------------------------------- locating
+def _holds_fsdd(folder: Path) -> bool:
+    """True when ``folder`` directly holds FSDD-named wavs (``{digit}_{speaker}_{take}.wav``)."""
+    return folder.is_dir() and any(folder.glob("[0-9]_*_*.wav"))
+
+
+def _fsdd_root(folder: Path) -> Optional[Path]:
+    """The FSDD root for ``folder``: itself if it has ``recordings/*.wav``, its parent if it IS ``recordings``."""
+    if _holds_fsdd(folder / "recordings"):
+        return folder
+    if folder.name == "recordings" and _holds_fsdd(folder):
+        return folder.parent
     return None
 
 
-def download_fsdd(data_folder: Path, url: str = FSDD_URL) -> Path:
-    """Download the FSDD release zip and keep ``recordings/`` in ``data_folder`` (atomic: temp + rename)."""
+def download_fsdd(data_folder: str | os.PathLike, url: str = FSDD_URL) -> Path:
+    """Download the FSDD release zip and keep only its ``recordings/`` as ``data_folder/recordings``.
+
+    Works in a hidden temp folder and renames at the end, so a killed download never looks complete.
+    """
+    data_folder = Path(data_folder).absolute()
+    target = data_folder / "recordings"
+    if target.exists() and any(target.iterdir()):
+        raise DataPrepError(f"{target} exists but holds no FSDD wavs; remove it or pass another --data_folder")
     data_folder.mkdir(parents=True, exist_ok=True)
-    logger.info("Downloading FSDD from %s", url)
-    with tempfile.TemporaryDirectory(dir=data_folder) as tmp:
-        archive = Path(tmp) / "fsdd.zip"
-        urllib.request.urlretrieve(url, archive)
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-        found = next(Path(tmp).glob("*/recordings"), None)
-        if found is None:
-            raise DataPrepError(f"the archive from {url} has no recordings/ folder")
-        target = data_folder / "recordings"
+    logger.info("Downloading FSDD from %s into %s", url, data_folder)
+    tmp = Path(tempfile.mkdtemp(dir=data_folder, prefix=".fsdd_download_"))
+    try:
+        archive = tmp / "fsdd.zip"
+        urllib.request.urlretrieve(url, str(archive))
+        with zipfile.ZipFile(archive) as zf:  # members look like free-spoken-digit-dataset-1.0.10/recordings/x.wav
+            members = [m for m in zf.namelist() if m.split("/")[1:2] == ["recordings"]]
+            zf.extractall(tmp, members)
+        extracted = [p for p in tmp.glob("*/recordings") if _holds_fsdd(p)]
+        if not extracted:
+            raise DataPrepError(f"the archive from {url} has no recordings/*.wav")
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(found, target)
-    return target
+            target.rmdir()  # empty (checked above)
+        os.replace(extracted[0], target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return data_folder
 
 
 def locate_fsdd(
-    data_folder: str | os.PathLike, fallback_folders: Iterable[str | os.PathLike] = (), download: bool = True
+    data_folder: str | os.PathLike,
+    fallback_folders: Iterable[str | os.PathLike] = (),
+    download: bool = True,
 ) -> Path:
-    """Return the folder of FSDD wavs: ``data_folder`` (or its ``recordings/``), then each fallback
-    folder, else download into ``data_folder``. Raises DataPrepError naming every folder looked at."""
-    looked = []
-    for folder in [Path(data_folder), *(Path(f) for f in fallback_folders)]:
-        looked.append(str(folder))
-        found = _has_recordings(folder)
-        if found is not None:
-            return found
-    if download:
-        try:
-            return download_fsdd(Path(data_folder))
-        except DataPrepError:
-            raise
-        except Exception as err:
-            raise DataPrepError(
-                f"FSDD not found in {looked} and the download from {FSDD_URL} failed ({err}). Pass "
-                "--data_folder=<folder containing recordings/*.wav> or check the network."
-            ) from err
-    raise DataPrepError(
-        f"FSDD not found in {looked} (download disabled). Pass --data_folder=<folder containing "
-        "recordings/*.wav> or set download: True."
-    )
+    """Return an FSDD root (a folder with ``recordings/*.wav``): ``data_folder``, then each fallback, else download.
 
-
-def _read_clip(path: Path) -> np.ndarray:
-    """One FSDD clip as float32 mono; DataPrepError naming the file if it is missing, unreadable or empty."""
-    if not path.is_file():
-        raise DataPrepError(f"FSDD clip missing: {path}")
+    A folder is accepted in the repo layout (``<folder>/recordings/*.wav``) or when it is the ``recordings``
+    folder itself (its parent is returned). Relative fallbacks are resolved against the working directory.
+    """
+    candidates = [Path(data_folder).expanduser().absolute()]
+    candidates += [Path(f).expanduser().absolute() for f in fallback_folders]
+    for folder in candidates:
+        root = _fsdd_root(folder)
+        if root is not None:
+            logger.info("Using FSDD recordings in %s", root / "recordings")
+            return root
+    looked = ", ".join(str(f) for f in candidates)
+    advice = ("Pass --data_folder pointing at a copy of FSDD that contains recordings/*.wav, "
+              "or allow the download (download: True) on a machine with network access.")
+    if not download:
+        raise DataPrepError(f"FSDD not found: looked in {looked} (download disabled). {advice}")
     try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        return download_fsdd(candidates[0])
     except Exception as err:
-        raise DataPrepError(f"unreadable FSDD clip {path}: {err}. Replace it with a good copy.") from err
-    if audio.shape[0] == 0:
-        raise DataPrepError(f"empty FSDD clip (0 samples): {path}")
-    if rate != SOURCE_RATE:
-        raise DataPrepError(f"FSDD clip {path} is {rate} Hz; FSDD is {SOURCE_RATE} Hz")
-    return audio.mean(axis=1)
+        raise DataPrepError(f"FSDD not found: looked in {looked}, and the download from {FSDD_URL} into "
+                            f"{candidates[0]} failed ({type(err).__name__}: {err}). {advice}") from err
 
 
-def _group(clips: list, rng: random.Random, min_digits: int, max_digits: int) -> list[list]:
-    """Cut a shuffled clip list into consecutive groups of min..max clips (the last absorbs a short tail)."""
-    groups, i = [], 0
-    while i < len(clips):
-        size = rng.randint(min_digits, max_digits)
-        group = clips[i:i + size]
-        if len(group) < min_digits and groups:
-            if len(groups[-1]) + len(group) <= max_digits:
-                groups[-1] += group
-            else:  # split the tail between the last group and itself
-                need = min_digits - len(group)
-                group = groups[-1][-need:] + group
-                groups[-1] = groups[-1][:-need]
-                groups.append(group)
-        else:
-            groups.append(group)
-        i += size
-    return groups
+# --------------------------------------------------------------------------------------------- options
+def _speakers(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A speaker list as a tuple (a single name is accepted too)."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _takes(split: str, takes_per_digit: Optional[int]) -> list[int]:
-    """Take indices used by a split (valid: 0-24, test: 25-49, train: all), cut for quick runs."""
+def _split_takes(split: str, takes_per_digit: Optional[int]) -> list[int]:
+    """Take indices a split uses: train all (or < k); valid 0-24 and test 25-49 (or their first ceil(k/2))."""
     if split == "train":
-        return list(range(TAKES if takes_per_digit is None else min(takes_per_digit, TAKES)))
-    base = range(0, 25) if split == "valid" else range(25, 50)
-    keep = 25 if takes_per_digit is None else max(1, math.ceil(takes_per_digit / 2))
+        return list(range(TAKES if takes_per_digit is None else takes_per_digit))
+    base = range(0, TAKES // 2) if split == "valid" else range(TAKES // 2, TAKES)
+    keep = len(base) if takes_per_digit is None else math.ceil(takes_per_digit / 2)
     return list(base)[:keep]
 
 
-def _check_options(train_speakers, heldout_speakers, min_digits, max_digits, train_copies, gap_range_s):
+def _can_split(n: int, lo: int, hi: int) -> bool:
+    """True when ``n`` clips can be cut into groups of ``lo..hi`` clips (n = 0 trivially)."""
+    return n == 0 or any(k * lo <= n <= k * hi for k in range(1, n // lo + 1))
+
+
+def _check_options(train_speakers, heldout_speakers, min_digits, max_digits, train_copies, sample_rate,
+                   gap_range_s, takes_per_digit) -> None:
+    """Raise DataPrepError for options that cannot give a speaker-disjoint corpus of min..max digit strings."""
+    if not train_speakers or not heldout_speakers:
+        raise DataPrepError("need at least one training and one held-out FSDD speaker")
+    for name, speakers in (("train_speakers", train_speakers), ("heldout_speakers", heldout_speakers)):
+        if len(set(speakers)) != len(speakers):
+            raise DataPrepError(f"{name} lists a speaker twice: {list(speakers)}")
     unknown = sorted((set(train_speakers) | set(heldout_speakers)) - set(SPEAKERS))
     if unknown:
         raise DataPrepError(f"unknown FSDD speakers {unknown}; FSDD has {list(SPEAKERS)}")
     overlap = sorted(set(train_speakers) & set(heldout_speakers))
     if overlap:
-        raise DataPrepError(f"speakers {overlap} are both in training and held out: the split must be "
-                            "speaker-disjoint")
-    if not train_speakers or not heldout_speakers:
-        raise DataPrepError("need at least one training and one held-out speaker")
+        raise DataPrepError(f"speakers {overlap} are both in train_speakers and heldout_speakers; "
+                            "the split must be speaker-disjoint")
     if not 1 <= min_digits <= max_digits:
-        raise DataPrepError(f"need 1 <= min_digits <= max_digits, got {min_digits}..{max_digits}")
+        raise DataPrepError(f"need 1 <= min_digits <= max_digits, got min_digits={min_digits}, "
+                            f"max_digits={max_digits}")
     if train_copies < 1:
         raise DataPrepError(f"train_copies must be >= 1, got {train_copies}")
-    if not 0 <= gap_range_s[0] <= gap_range_s[1]:
-        raise DataPrepError(f"bad gap_range_s {gap_range_s}")
+    if sample_rate <= 0:
+        raise DataPrepError(f"sample_rate must be positive, got {sample_rate}")
+    if len(gap_range_s) != 2 or not 0 <= gap_range_s[0] <= gap_range_s[1]:
+        raise DataPrepError(f"gap_range_s must be (low, high) seconds with 0 <= low <= high, got {gap_range_s}")
+    if takes_per_digit is not None and not 1 <= takes_per_digit <= TAKES:
+        raise DataPrepError(f"takes_per_digit must be None or 1..{TAKES}, got {takes_per_digit}")
+    for split in SPLITS:
+        n = 10 * len(_split_takes(split, takes_per_digit))
+        if not _can_split(n, min_digits, max_digits):
+            raise DataPrepError(f"{split}: {n} clips per speaker cannot be cut into strings of "
+                                f"{min_digits}..{max_digits} digits; widen the range or change takes_per_digit")
+
+
+# ------------------------------------------------------------------------------------------ audio
+def _clip_path(root: Path, speaker: str, clip: Clip) -> Path:
+    """Path of one FSDD clip."""
+    return root / "recordings" / f"{clip[0]}_{speaker}_{clip[1]}.wav"
+
+
+def _check_clips(root: Path, plan: dict[str, list[tuple[str, list[Clip]]]]) -> None:
+    """Fail early, naming files, when a needed clip is missing, unreadable or empty."""
+    paths = sorted({_clip_path(root, spk, c) for jobs in plan.values() for spk, clips in jobs for c in clips})
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DataPrepError(f"{len(missing)} FSDD clips missing from {root / 'recordings'}: "
+                            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. "
+                            "Use a complete copy (3000 wavs) or allow the download into an empty --data_folder.")
+    for path in paths:
+        audio_info(path)  # DataPrepError naming an unreadable or empty file
+
+
+def _read_clip(path: Path, sample_rate: int) -> torch.Tensor:
+    """One clip as float32 mono at ``sample_rate``; DataPrepError naming the file if it cannot be decoded."""
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for broken files
+        raise DataPrepError(f"unreadable FSDD clip {path}: {err}. Replace it with a good copy.") from err
+    if audio.shape[0] == 0:
+        raise DataPrepError(f"empty FSDD clip (0 samples): {path}")
+    clip = torch.from_numpy(audio.mean(axis=1))
+    return torchaudio.functional.resample(clip, rate, sample_rate) if rate != sample_rate else clip
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run with one torch thread: FSDD clips are tiny, so threads only add overhead (80x slower on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _to_pcm16(audio: torch.Tensor) -> np.ndarray:
+    """Float audio -> int16 samples (rounded, clipped), so the written bytes do not depend on libsndfile."""
+    return np.clip(np.round(audio.numpy().astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+# --------------------------------------------------------------------------------------- generation
+def _group_sizes(n: int, lo: int, hi: int, rng: random.Random) -> list[int]:
+    """Random sizes in ``lo..hi`` that sum to ``n`` (each step picks among sizes that keep the rest feasible)."""
+    sizes = []
+    while n:
+        size = rng.choice([s for s in range(lo, min(hi, n) + 1) if _can_split(n - s, lo, hi)])
+        sizes.append(size)
+        n -= size
+    return sizes
+
+
+def _plan(train_speakers, heldout_speakers, train_copies, takes_per_digit) -> dict:
+    """``{split: [(speaker, clips of one pass)]}``: train has ``train_copies`` passes per speaker, held out one."""
+    def clips(split):
+        return [(d, t) for d in range(10) for t in _split_takes(split, takes_per_digit)]
+    return {"train": [(spk, clips("train")) for spk in train_speakers for _ in range(train_copies)],
+            "valid": [(spk, clips("valid")) for spk in heldout_speakers],
+            "test": [(spk, clips("test")) for spk in heldout_speakers]}
+
+
+def _utterances(jobs, rng: random.Random, min_digits: int, max_digits: int):
+    """Yield ``(speaker, clips)`` digit strings: each pass is shuffled and cut into min..max clip groups."""
+    for spk, clips in jobs:
+        clips = list(clips)
+        rng.shuffle(clips)
+        start = 0
+        for size in _group_sizes(len(clips), min_digits, max_digits, rng):
+            yield spk, clips[start:start + size]
+            start += size
+
+
+def _write_split(split: str, jobs, root: Path, save_folder: Path, rng: random.Random, cache: dict,
+                 sample_rate: int, gap_range_s: tuple[float, float], min_digits: int, max_digits: int) -> list[dict]:
+    """Write one split's wavs (fresh folder) and return its manifest rows."""
+    wav_dir = save_folder / "wavs" / split
+    if wav_dir.exists():
+        shutil.rmtree(wav_dir)  # stale audio from a prep with other options
+    wav_dir.mkdir(parents=True)
+    rows, counters = [], {}
+    for spk, group in _utterances(jobs, rng, min_digits, max_digits):
+        pieces = []
+        for i, clip in enumerate(group):
+            path = _clip_path(root, spk, clip)
+            if path not in cache:
+                cache[path] = _read_clip(path, sample_rate)
+            if i:
+                pieces.append(torch.zeros(int(rng.uniform(*gap_range_s) * sample_rate)))
+            pieces.append(cache[path])
+        counters[spk] = counters.get(spk, -1) + 1
+        utt_id = f"fsdd_{split}_{spk}_{counters[spk]:04d}"
+        samples = _to_pcm16(torch.cat(pieces))
+        wav = wav_dir / f"{utt_id}.wav"
+        soundfile.write(str(wav), samples, sample_rate, subtype="PCM_16")
+        rows.append({"ID": utt_id, "duration": f"{len(samples) / sample_rate:.3f}", "wav": str(wav.resolve()),
+                     "spk_id": spk, "wrd": digits_to_words([d for d, _ in group])})
+    return rows
+
+
+def _log_summary(split: str, rows: list[dict]) -> None:
+    """One line per split: utterances, hours/minutes, speakers."""
+    seconds = sum(float(r["duration"]) for r in rows)
+    speakers = sorted({r["spk_id"] for r in rows})
+    logger.info("FSDD %s: %d utterances, %.2f h (%.1f min), %d speakers (%s)", split, len(rows), seconds / 3600,
+                seconds / 60, len(speakers), ", ".join(speakers))
 
 
 def prepare_fsdd(
@@ -175,63 +302,32 @@ def prepare_fsdd(
 ) -> dict[str, Path]:
     """Write ``train/valid/test.csv`` (ID, duration, wav, spk_id, wrd) and 16-bit wavs under ``save_folder``.
 
-    Skips the work when a previous run with the same options finished. Returns {split: csv path}.
+    Skips the work when a finished prep with the same options is there. Returns ``{split: csv path}``.
     """
-    train_speakers, heldout_speakers = tuple(train_speakers), tuple(heldout_speakers)
-    gap_range_s = (float(gap_range_s[0]), float(gap_range_s[1]))
-    _check_options(train_speakers, heldout_speakers, min_digits, max_digits, train_copies, gap_range_s)
+    train_speakers, heldout_speakers = _speakers(train_speakers), _speakers(heldout_speakers)
+    gap_range_s = tuple(float(g) for g in gap_range_s)
+    _check_options(train_speakers, heldout_speakers, min_digits, max_digits, train_copies, sample_rate,
+                   gap_range_s, takes_per_digit)
     save_folder = Path(save_folder)
-    csvs = {split: save_folder / f"{split}.csv" for split in ("train", "valid", "test")}
-    options = dict(seed=seed, train_speakers=train_speakers, heldout_speakers=heldout_speakers,
-                   min_digits=min_digits, max_digits=max_digits, train_copies=train_copies,
-                   sample_rate=sample_rate, gap_range_s=gap_range_s, takes_per_digit=takes_per_digit)
+    csvs = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    options = dict(version=PREP_VERSION, seed=seed, train_speakers=train_speakers,
+                   heldout_speakers=heldout_speakers, min_digits=min_digits, max_digits=max_digits,
+                   train_copies=train_copies, sample_rate=sample_rate, gap_range_s=gap_range_s,
+                   takes_per_digit=takes_per_digit)
     marker = PrepMarker(save_folder, "fsdd", options)
-    if marker.done(list(csvs.values())):
-        logger.info("FSDD manifests in %s are up to date; skipping preparation", save_folder)
+    if marker.done([*csvs.values(), *(save_folder / "wavs" / s for s in SPLITS)]):
+        logger.info("FSDD manifests in %s are up to date (same options); skipping preparation", save_folder)
         return csvs
-    source = locate_fsdd(data_folder, fallback_folders, download)
-    rng = random.Random(seed)
-    plan = {"train": [(spk, copy) for spk in train_speakers for copy in range(train_copies)],
-            "valid": [(spk, 0) for spk in heldout_speakers], "test": [(spk, 0) for spk in heldout_speakers]}
-    cache: dict[Path, torch.Tensor] = {}
-    for split, jobs in plan.items():
-        wav_dir = save_folder / "wavs" / split
-        if wav_dir.exists():
-            shutil.rmtree(wav_dir)
-        wav_dir.mkdir(parents=True)
-        rows, seconds, count = [], 0.0, 0
-        for spk, _copy in jobs:
-            clips = [(d, t) for d in range(10) for t in _takes(split, takes_per_digit)]
-            rng.shuffle(clips)
-            for group in _group(clips, rng, min_digits, max_digits):
-                utt_id = f"fsdd_{split}_{spk}_{count:04d}"
-                count += 1
-                audio = _concatenate(source, spk, group, rng, cache, sample_rate, gap_range_s)
-                path = wav_dir / f"{utt_id}.wav"
-                soundfile.write(str(path), audio, sample_rate, subtype="PCM_16")
-                duration = len(audio) / sample_rate
-                seconds += duration
-                rows.append({"ID": utt_id, "duration": f"{duration:.3f}", "wav": str(path.resolve()),
-                             "spk_id": spk, "wrd": digits_to_words(d for d, _ in group)})
-        write_manifest(csvs[split], rows)
-        logger.info("FSDD %s: %d utterances, %.1f min, speakers %s", split, len(rows), seconds / 60,
-                    sorted({spk for spk, _ in jobs}))
+    root = locate_fsdd(data_folder, fallback_folders, download)
+    plan = _plan(train_speakers, heldout_speakers, train_copies, takes_per_digit)
+    _check_clips(root, plan)
+    marker.path.unlink(missing_ok=True)  # a prep killed from here on must not pass for the old one
+    rng, cache = random.Random(seed), {}
+    with _one_torch_thread():
+        for split in SPLITS:
+            rows = _write_split(split, plan[split], root, save_folder, rng, cache, sample_rate, gap_range_s,
+                                min_digits, max_digits)
+            write_manifest(csvs[split], rows)
+            _log_summary(split, rows)
     marker.mark()
     return csvs
-
-
-def _concatenate(source: Path, spk: str, group, rng: random.Random, cache: dict, sample_rate: int,
-                 gap_range_s: tuple[float, float]) -> np.ndarray:
-    """Resampled clips of one speaker joined by random silences (float32, peak-safe for 16-bit)."""
-    pieces = []
-    for i, (digit, take) in enumerate(group):
-        path = source / f"{digit}_{spk}_{take}.wav"
-        if path not in cache:
-            clip = torch.from_numpy(_read_clip(path))
-            cache[path] = torchaudio.functional.resample(clip, SOURCE_RATE, sample_rate)
-        if i:
-            gap = int(rng.uniform(*gap_range_s) * sample_rate)
-            pieces.append(torch.zeros(gap))
-        pieces.append(cache[path])
-    audio = torch.cat(pieces).numpy()
-    return np.clip(audio, -1.0, 1.0)
