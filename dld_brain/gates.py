@@ -41,8 +41,9 @@ def select_layers(
         return validate_layers(num_layers, layers)
     if depth is None:
         return list(range(num_layers))
-    if isinstance(depth, bool) or not isinstance(depth, int):
+    if not _is_index(depth):
         raise DepthError(f"depth must be an integer in 1..{num_layers}, got {depth!r}")
+    depth = int(depth)
     if not 1 <= depth <= num_layers:
         raise DepthError(f"depth {depth} is out of range: this encoder has {num_layers} layers (1..{num_layers})")
     if policy == "even":
@@ -54,19 +55,28 @@ def select_layers(
     raise DepthError(f"unknown depth policy {policy!r}; choose one of {DEPTH_POLICIES} or pass an explicit layer list")
 
 
+def _is_index(value) -> bool:
+    """An integer (Python or NumPy/torch integer scalar) that is not a bool."""
+    return not isinstance(value, bool) and hasattr(value, "__index__") and not isinstance(value, str)
+
+
 def validate_layers(num_layers: int, layers: Sequence[int]) -> list[int]:
-    """Check an explicit layer list (0-based, unique, in range, non-empty) and return it sorted."""
-    try:
-        out = [int(i) for i in layers]
-    except (TypeError, ValueError):
-        raise DepthError(f"layer list must hold integers 0..{num_layers - 1}, got {layers!r}") from None
+    """Check an explicit layer list (0-based integers, unique, in range, non-empty) and return it sorted."""
+    valid = f"valid indices are 0..{num_layers - 1} (0-based)"
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise DepthError(f"layers must be a list of integers, got {layers!r}; {valid}")
+    items = list(layers)
+    bad_type = [i for i in items if not _is_index(i)]
+    if bad_type:
+        raise DepthError(f"layer list must hold integers, got {bad_type} in {items!r}; {valid}")
+    out = [int(i) for i in items]
     if not out:
-        raise DepthError("layer list is empty: run at least one layer")
+        raise DepthError(f"layer list is empty: run at least one layer; {valid}")
     bad = [i for i in out if not 0 <= i < num_layers]
     if bad:
-        raise DepthError(f"layers {bad} out of range: valid indices are 0..{num_layers - 1} (0-based)")
+        raise DepthError(f"layers {bad} out of range: {valid}")
     if len(set(out)) != len(out):
-        raise DepthError(f"layer list {list(layers)} repeats a layer")
+        raise DepthError(f"layer list {out} repeats a layer; give each of 0..{num_layers - 1} at most once")
     return sorted(out)
 
 

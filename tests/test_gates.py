@@ -112,18 +112,16 @@ def test_empty_and_repeated_layer_lists():
         select_layers(6, layers=[1, 3, 1])
 
 
-@pytest.mark.xfail(strict=True, reason="validate_layers (gates.py:60) converts with int(): a non-integer index "
-                                       "such as 2.5 is silently truncated to 2 instead of raising DepthError")
-def test_non_integer_layer_index_is_rejected():
-    with pytest.raises(DepthError):
-        select_layers(6, layers=[0, 2.5])
+@pytest.mark.parametrize("layers", [[0, 2.5], [True, 2], "12", 3])
+def test_non_integer_layer_entries_are_rejected(layers):
+    with pytest.raises(DepthError, match="integers.*valid indices are 0..5"):
+        select_layers(6, layers=layers)
 
 
-@pytest.mark.xfail(strict=True, reason="validate_layers (gates.py:60) accepts booleans (True -> layer 1), unlike "
-                                       "select_layers' depth, which rejects bool")
-def test_boolean_layer_index_is_rejected():
-    with pytest.raises(DepthError):
-        select_layers(6, layers=[True, 2])
+def test_numpy_integers_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert select_layers(6, np.int64(3)) == [1, 3, 5]
+    assert select_layers(6, layers=np.array([4, 0])) == [0, 4]
 
 
 # ---- LayerDropSampler --------------------------------------------------------------------------------
