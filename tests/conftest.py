@@ -25,6 +25,17 @@ def tiny(**changes) -> list:
     return [f"--{k}={v}" for k, v in values.items()]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a busy 2-core machine makes two threads crawl."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fsdd_dir() -> Path:
     """The shared FSDD copy (real speech); tests needing it skip only when it is absent."""

@@ -65,6 +65,9 @@ def write_manifest(
                 seen.add(str(row["ID"]))
                 writer.writerow({f: row[f] for f in fields})
                 count += 1
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
