@@ -71,12 +71,12 @@ class DynamicDepthCTCBrain(sb.Brain):
 
     def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
         check_method_config(hparams or {})
-        run_opts = dict(run_opts or {})
         encoder = modules["model"].encoder
-        if encoder.drop_prob > 0:
-            # Skipped layers leave parameters without gradient in a step; DDP must be told.
-            run_opts.setdefault("find_unused_parameters", True)
         super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
+        if encoder.drop_prob > 0:
+            # Skipped layers leave parameters without gradient in a step; DDP must be told (DDP wraps the
+            # modules later, in on_fit_start).
+            self.find_unused_parameters = True
         self.teacher: Optional[dict] = None
         self.teacher_ckpt: Optional[Path] = None
         self.kd_weight = float(self.hparams_get("kd_weight", 0.0) or 0.0)
@@ -89,6 +89,12 @@ class DynamicDepthCTCBrain(sb.Brain):
             for name, obj in (("gate_sampler", encoder.gate_sampler), ("random_state", RandomState())):
                 if name not in self.checkpointer.recoverables:
                     self.checkpointer.add_recoverable(name, obj)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The acoustic model without its DDP wrapper (for depth control and parameter access)."""
+        model = self.modules.model
+        return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
     def hparams_get(self, key, default=None):
         """A hyperparameter or ``default`` when the YAML does not define it."""
@@ -177,7 +183,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         if stage != sb.Stage.VALID:
             self._metric_key = None
             return super().evaluate_batch(batch, stage)
-        encoder = self.modules.model.encoder
+        encoder = self.model.encoder
         losses = []
         for depth in self.valid_depths():
             self._metric_key = depth
@@ -286,7 +292,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         self.checkpointer.load_checkpoint(ckpts[0])
         if len(ckpts) > 1:
             averaged = sb.utils.checkpoints.average_checkpoints(ckpts, "model")
-            self.modules.model.load_state_dict(averaged)
+            self.model.load_state_dict(averaged)
             logger.info("Evaluating the average of %d checkpoints: %s", len(ckpts), [c.path.name for c in ckpts])
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):

@@ -131,7 +131,8 @@ def run_asr_recipe(
                 loader_kwargs=private_generator(hparams["test_dataloader_opts"], hparams),
                 tag=evaluation_tag(hparams))
     if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
-        bundle = write_inference_bundle(hparams, brain.modules, tokenizer.prefix_model_file + ".model",
+        bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
+                                        tokenizer.prefix_model_file + ".model",
                                         Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")
         logger.info("Inference bundle: %s (load with dld_brain.inference.DynamicDepthASR)", bundle)
     return brain

@@ -86,7 +86,7 @@ def depth_sweep(
     """
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
-    model = brain.modules.model
+    model = brain.model  # unwrapped from DDP
     encoder = model.encoder
     depth_list = sweep_depths(encoder.num_layers, depths)
     layer_sets = [encoder.set_depth(d, policy=policy) for d in depth_list]

@@ -133,3 +133,16 @@ def test_depth_out_of_range_is_a_clear_error_before_training(tmp_path, fsdd_dir)
 def test_unknown_key_is_a_clear_error(tmp_path, fsdd_dir):
     code, err = run_cli(recipe_args("teacher", tmp_path, fsdd_dir, "--kd_wieght=1"))
     assert code == 2 and "kd_wieght" in err
+
+
+def test_ddp_with_skipped_layers_two_cpu_processes(trained, tmp_path, fsdd_dir):
+    """torchrun with 2 processes (gloo): random layer dropping + KD must not break DDP's gradient sync."""
+    root, _, _ = trained
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", TRAIN,
+           *recipe_args("dld", tmp_path, fsdd_dir, f"--teacher_checkpoint={root / 'teacher'}",
+                        "--distributed_backend=gloo", number_of_epochs=2, batch_size=4)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "dld" / "train_log.txt").read_text()
+    assert "epoch: 2" in log and "kd_loss" in log
+    assert pd.read_csv(tmp_path / "dld" / "depth_sweep_test.csv")["depth"].tolist() == [1, 2, 3, 4]

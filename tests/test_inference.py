@@ -30,9 +30,9 @@ def recipe_transcripts(brain, wavs, depth):
         lens = torch.ones(1)
         batch = type("B", (), {"sig": (sig, lens)})()
         feats, lens = brain.compute_features(batch, sb.Stage.TEST)
-        with brain.modules.model.encoder.at_depth(depth), torch.no_grad():
-            brain.modules.model.eval()
-            log_probs = brain.modules.model(feats, lens)
+        with brain.model.encoder.at_depth(depth), torch.no_grad():
+            brain.model.eval()
+            log_probs = brain.model(feats, lens)
         hyp = sb.decoders.ctc_greedy_decode(log_probs, lens, blank_id=0)[0]
         out.append(brain.tokenizer_decode(hyp))
     return out
