@@ -79,3 +79,77 @@ def write_inference_bundle(hparams: dict, modules: dict, tokenizer_file: Union[s
     modules["normalize"]._save(folder / "normalize.ckpt")
     shutil.copyfile(tokenizer_file, folder / "tokenizer.ckpt")  # SentencePiece model
     return folder
+
+
+class FixedDepthCTC(torch.nn.Module):
+    """The encoder + CTC head at one fixed layer set: ``(feats, wav_lens) -> log_probs``, for export."""
+
+    def __init__(self, model: torch.nn.Module, layers):
+        super().__init__()
+        self.model = model
+        self.layers = list(layers)
+
+    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        return self.model(feats, wav_lens, layers=self.layers)
+
+
+def export_onnx(model: torch.nn.Module, layers, path: Union[str, Path], n_mels: int) -> Path:
+    """Write an ONNX graph of the model at ``layers`` (dynamic batch and time axes); inputs ``feats``
+    (B, T, n_mels normalised filterbanks) and ``wav_lens`` (B,) relative lengths; output ``log_probs``."""
+    import warnings
+
+    wrapper = FixedDepthCTC(model, layers).eval()
+    example = (torch.randn(2, 200, n_mels), torch.tensor([1.0, 0.8]))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is chatty about constant folding
+        torch.onnx.export(wrapper, example, str(path), input_names=["feats", "wav_lens"],
+                          output_names=["log_probs"], opset_version=17, dynamo=False,
+                          dynamic_axes={"feats": {0: "batch", 1: "frames"}, "wav_lens": {0: "batch"},
+                                        "log_probs": {0: "batch", 1: "out_frames"}})
+    return Path(path)
+
+
+def export_torchscript(model: torch.nn.Module, layers, path: Union[str, Path], n_mels: int) -> Path:
+    """Write a traced TorchScript module of the model at ``layers`` (same inputs/outputs as ONNX)."""
+    import warnings
+
+    wrapper = FixedDepthCTC(model, layers).eval()
+    example = (torch.randn(2, 200, n_mels), torch.tensor([1.0, 0.8]))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    traced.save(str(path))
+    return Path(path)
+
+
+def main(argv=None) -> None:
+    """CLI: ``python -m dld_brain.export --model BUNDLE --depths 2 4 6 --formats onnx torchscript``."""
+    import argparse
+
+    from dld_brain.gates import select_layers
+    from dld_brain.inference import DynamicDepthASR
+
+    parser = argparse.ArgumentParser(description="Export the encoder + CTC head at fixed depths "
+                                     "(one file per depth) from an inference bundle.")
+    parser.add_argument("--model", required=True, help="inference bundle folder (<run>/inference)")
+    parser.add_argument("--depths", type=int, nargs="+", help="depths to export (default: all)")
+    parser.add_argument("--formats", nargs="+", default=["onnx"], choices=["onnx", "torchscript"])
+    parser.add_argument("--out", help="output folder (default: <model>/export)")
+    args = parser.parse_args(argv)
+    asr = DynamicDepthASR.from_hparams(source=args.model)
+    model = asr.mods.model.eval()
+    out = Path(args.out or Path(args.model) / "export")
+    out.mkdir(parents=True, exist_ok=True)
+    n_mels = model.config["n_mels"]
+    for depth in args.depths or range(1, model.encoder.num_layers + 1):
+        layers = select_layers(model.encoder.num_layers, depth, policy=model.encoder.depth_policy)
+        for fmt in args.formats:
+            if fmt == "onnx":
+                path = export_onnx(model, layers, out / f"encoder_ctc_n{depth}.onnx", n_mels)
+            else:
+                path = export_torchscript(model, layers, out / f"encoder_ctc_n{depth}.pt", n_mels)
+            print(f"depth {depth} (layers {layers}): {path}")
+
+
+if __name__ == "__main__":
+    main()

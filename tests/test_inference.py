@@ -97,3 +97,30 @@ def test_cli_on_real_audio(trained, tmp_path):  # noqa: F811
     assert bad.returncode == 2 and "depth 9 is out of range" in bad.stderr
     help_text = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, cwd=REPO).stdout
     assert "--budget-ms" in help_text and "--depth" in help_text
+
+
+def test_exported_onnx_and_torchscript_match_pytorch(asr, trained, tmp_path):  # noqa: F811
+    ort = pytest.importorskip("onnxruntime")
+    root, _, _ = trained
+    from dld_brain.export import main as export_main
+
+    export_main(["--model", str(root / "dld" / "inference"), "--formats", "onnx", "torchscript",
+                 "--out", str(tmp_path)])
+    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:4]
+    sigs = [asr.read_audio(w) for w in wavs]
+    longest = max(s.numel() for s in sigs)
+    batch = torch.stack([torch.nn.functional.pad(s, (0, longest - s.numel())) for s in sigs])
+    lens = torch.tensor([s.numel() / longest for s in sigs])
+    with torch.no_grad():
+        feats = asr._features(batch, lens)
+    for depth in range(1, 5):
+        layers = asr.layers_for(depth=depth)
+        with torch.no_grad():
+            ref = asr.mods.model(feats, lens, layers=layers)
+        session = ort.InferenceSession(str(tmp_path / f"encoder_ctc_n{depth}.onnx"))
+        onnx_out = torch.from_numpy(session.run(None, {"feats": feats.numpy(), "wav_lens": lens.numpy()})[0])
+        script_out = torch.jit.load(str(tmp_path / f"encoder_ctc_n{depth}.pt"))(feats, lens)
+        for out in (onnx_out, script_out):
+            assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-4)
+            greedy = sb.decoders.ctc_greedy_decode(out, lens, blank_id=0)
+            assert greedy == sb.decoders.ctc_greedy_decode(ref, lens, blank_id=0)
