@@ -121,21 +121,28 @@ def run_asr_recipe(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
-    if not hparams.get("skip_training", False):
-        brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
-                  train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
-                  valid_loader_kwargs=private_generator(hparams["valid_dataloader_opts"], hparams))
-    test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
-    depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
-                depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
-                loader_kwargs=private_generator(hparams["test_dataloader_opts"], hparams),
-                tag=evaluation_tag(hparams))
+    fit_and_sweep(brain, datasets, hparams)
     if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         tokenizer.prefix_model_file + ".model",
                                         Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")
         logger.info("Inference bundle: %s (load with dld_brain.inference.DynamicDepthASR)", bundle)
     return brain
+
+
+def fit_and_sweep(brain, datasets: dict, hparams: dict, metric: str = "WER", max_key: Optional[str] = None):
+    """Train (unless ``skip_training``) on ``datasets['train']``/``['valid']``, then run the depth sweep on
+    every set named in ``test_csvs``; shared by the ASR and the classification recipes."""
+    if not hparams.get("skip_training", False):
+        brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
+                  train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
+                  valid_loader_kwargs=private_generator(hparams["valid_dataloader_opts"], hparams))
+    test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
+    return depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
+                       depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
+                       loader_kwargs=private_generator(hparams["test_dataloader_opts"], hparams),
+                       tag=evaluation_tag(hparams), metric=metric,
+                       min_key=None if max_key else metric, max_key=max_key)
 
 
 def main_guard(fn: Callable[[], object]) -> None:

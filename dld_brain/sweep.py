@@ -76,10 +76,13 @@ def depth_sweep(
     policy: Optional[str] = None,
     loader_kwargs: Optional[dict] = None,
     latency_repeats: int = 5,
-    min_key: str = "WER",
+    min_key: Optional[str] = "WER",
     tag: str = "",
+    metric: str = "WER",
+    max_key: Optional[str] = None,
 ) -> pd.DataFrame:
-    """Evaluate ``brain`` (best checkpoint by ``min_key``) at every depth on every test set; write the outputs.
+    """Evaluate ``brain`` (best checkpoint by ``min_key``, or ``max_key``) at every depth on every test set;
+    write the outputs. ``metric`` is the key of ``brain.test_stats`` reported (WER, or e.g. accuracy).
 
     ``tag`` is appended to every file name (e.g. ``_ep25`` when evaluating epoch 25's checkpoint).
     Returns the concatenated sweep table (one row per set and depth).
@@ -95,15 +98,17 @@ def depth_sweep(
     for set_name, dataset in test_sets.items():
         rows = []
         for depth, layers in zip(depth_list, layer_sets):
-            brain.wer_file = output_folder / f"wer_{set_name}_n{depth}{tag}.txt"
+            brain.wer_file = output_folder / f"{metric.lower()}_{set_name}_n{depth}{tag}.txt"
             with encoder.at_depth(layers=layers):
-                brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=loader_kwargs or {})
+                brain.evaluate(dataset, min_key=None if max_key else min_key, max_key=max_key,
+                               test_loader_kwargs=loader_kwargs or {})
             params = executed_parameters(model, layers)
             rows.append({"method": method, "test_set": set_name, "depth": depth,
-                         "layers": " ".join(str(i) for i in layers), "WER": round(brain.test_stats["WER"], 2),
+                         "layers": " ".join(str(i) for i in layers),
+                         metric: round(brain.test_stats[metric], 2),
                          "encoder_params": params["encoder"], "total_params": params["total"]})
-            logger.info("%s %s depth %d (layers %s): WER %.2f", method, set_name, depth, layers,
-                        brain.test_stats["WER"])
+            logger.info("%s %s depth %d (layers %s): %s %.2f", method, set_name, depth, layers, metric,
+                        brain.test_stats[metric])
         brain.wer_file = None
         feats, lens = latency_batch(brain, dataset)
         latencies = measure_encoder_latency(model, feats, lens, layer_sets, repeats=latency_repeats)
@@ -112,7 +117,7 @@ def depth_sweep(
             row["encoder_latency_ms"] = round(lat, 2)
             row["latency_ratio"] = round(lat / full, 3) if full else None
             row["ideal_ratio"] = round(row["depth"] / encoder.num_layers, 3)
-        table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+        table = pd.DataFrame(rows, columns=[metric if c == "WER" else c for c in SWEEP_COLUMNS])
         if sb.utils.distributed.if_main_process():
             table.to_csv(output_folder / f"depth_sweep_{set_name}{tag}.csv", index=False)
             (output_folder / f"depth_sweep_{set_name}{tag}.md").write_text(markdown_table(table) + "\n")
