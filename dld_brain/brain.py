@@ -174,8 +174,11 @@ class DynamicDepthCTCBrain(sb.Brain):
 
     # ----------------------------------------------------------------- stages
     def valid_depths(self) -> list:
-        """Depths validated each epoch (None = full depth); the checkpoint metric is their mean WER."""
+        """Depths validated each epoch (None = full depth, "all" = 1..N); the checkpoint metric is their
+        mean WER."""
         depths = self.hparams_get("valid_depths")
+        if depths == "all":
+            return list(range(1, self.model.encoder.num_layers + 1))
         return list(depths) if depths else [None]
 
     def evaluate_batch(self, batch, stage):

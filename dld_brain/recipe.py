@@ -82,7 +82,12 @@ def check_depth_options(hparams: dict) -> None:
     """Reject out-of-range ``valid_depths`` / ``sweep_depths`` / policy before anything runs."""
     encoder = hparams["model"].encoder
     for key in ("valid_depths", "sweep_depths"):
-        for depth in hparams.get(key) or []:
+        depths = hparams.get(key)
+        if depths == "all":
+            continue
+        if isinstance(depths, str):
+            raise DepthError(f"{key} must be a list of depths, 'all' or null, got {depths!r}")
+        for depth in depths or []:
             try:
                 select_layers(encoder.num_layers, depth, policy=hparams.get("sweep_policy") or encoder.depth_policy)
             except DepthError as err:
