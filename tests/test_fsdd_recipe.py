@@ -2,6 +2,7 @@
 teacher freezing, and the clear errors promised for bad inputs."""
 
 import importlib.util
+import math
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,14 @@ def test_ddp_with_skipped_layers_two_cpu_processes(trained, tmp_path, fsdd_dir):
     log = (tmp_path / "dld" / "train_log.txt").read_text()
     assert "epoch: 2" in log and "kd_loss" in log
     assert pd.read_csv(tmp_path / "dld" / "depth_sweep_test.csv")["depth"].tolist() == [1, 2, 3, 4]
+
+
+def test_bf16_dld_keeps_the_kd_loss_finite(trained, tmp_path, fsdd_dir):
+    root, _, _ = trained
+    code, err = run_cli(recipe_args("dld", tmp_path, fsdd_dir, f"--teacher_checkpoint={root / 'teacher'}",
+                                    "--precision=bf16", sweep_depths="[4]"))
+    assert code == 0, err[-2000:]
+    log = (tmp_path / "dld" / "train_log.txt").read_text()
+    kd = [float(part.split("kd_loss: ")[1].split(" ")[0].rstrip(",")) for part in log.splitlines()
+          if "kd_loss: " in part]
+    assert kd and all(math.isfinite(v) and v >= 0 for v in kd)
