@@ -13,10 +13,8 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,7 +23,7 @@ import torch  # noqa: E402
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder  # noqa: E402
 from speechbrain.nnet.attention import RelPosEncXL  # noqa: E402
 
-from benchmarks.encoder_latency import describe_machine  # noqa: E402
+from benchmarks.encoder_latency import describe_machine, time_round_robin  # noqa: E402
 from dld_brain.lobes import ConformerCTC  # noqa: E402
 from dld_brain.losses import ctc_posterior_kl  # noqa: E402
 
@@ -96,21 +94,6 @@ def encoder_steps(cfg: dict, device):
     return {"gated encoder (drop 0.5)": run(ours), "SpeechBrain layerdrop_prob 0.5": run(theirs)}
 
 
-def timed(fns: dict, steps: int, sync) -> dict:
-    """Median ms per call, round-robin so machine drift affects all variants alike."""
-    for fn in fns.values():
-        fn()
-    samples = {k: [] for k in fns}
-    for _ in range(steps):
-        for key, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            samples[key].append((time.perf_counter() - start) * 1000)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def child_peak_memory(args, variant: str) -> float:
     """Peak memory (MiB) of 3 steps of ``variant`` in a fresh process: GPU allocator peak, or the CPU
     peak RSS above the resident size once the models are built (Linux /proc)."""
@@ -166,8 +149,8 @@ def main() -> None:
         return
 
     steps = {v: make_step(v, cfg, device, autocast) for v in VARIANTS}
-    ms = timed({v: (lambda s=s: s(*batch)) for v, s in steps.items()}, args.steps, sync)
-    enc_ms = timed(encoder_steps(cfg, device), args.steps, sync)
+    ms = time_round_robin({v: (lambda s=s: s(*batch)) for v, s in steps.items()}, args.steps, sync)
+    enc_ms = time_round_robin(encoder_steps(cfg, device), args.steps, sync)
     mem = {v: child_peak_memory(args, v) for v in VARIANTS}
     n_params = sum(p.numel() for p in ConformerCTC(**cfg).parameters()) / 1e6
     print(f"machine: {describe_machine(args.device)}; precision {args.precision}")

@@ -17,15 +17,6 @@ CTC_CFG = dict(n_mels=16, vocab_size=8, d_model=32, num_layers=4, nhead=2, d_ffn
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is much faster than two contending on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def data():
     torch.manual_seed(0)

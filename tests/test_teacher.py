@@ -12,15 +12,6 @@ from dld_brain.lobes import ConformerCTC
 from dld_brain.teacher import TeacherError, find_checkpoint, load_teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is much faster than two contending on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**kw):
     cfg = dict(n_mels=16, vocab_size=8, d_model=32, num_layers=4, nhead=2, d_ffn=64, kernel_size=3)
     torch.manual_seed(kw.pop("seed", 0))
