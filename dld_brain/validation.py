@@ -36,6 +36,30 @@ class BadDataError(RuntimeError):
     """Bad rows found with ``on_bad_data: error``; the message lists them."""
 
 
+def wav_declared_frames(path: str) -> Optional[int]:
+    """Sample frames a RIFF/WAVE header declares (None if not a plain WAV): libsndfile silently clamps a
+    truncated WAV to what is on disk, so truncation is found by comparing with this."""
+    import struct
+
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = handle.read(size + (size & 1))
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif name == b"data":
+                return size // block_align if block_align else None
+            else:
+                handle.seek(size + (size & 1), 1)
+
+
 def audio_problem(wav: str, min_duration_s: float, silence_peak: float, level: str,
                   start: Optional[int] = None, stop: Optional[int] = None) -> Optional[str]:
     """Why the audio of a row cannot be used, or None if it can."""
@@ -49,6 +73,9 @@ def audio_problem(wav: str, min_duration_s: float, silence_peak: float, level: s
         return f"unreadable audio ({type(err).__name__}: {str(err).strip()[:80]})"
     if info.frames <= 0:
         return "audio has 0 samples"
+    declared = wav_declared_frames(wav) if info.format == "WAV" else None
+    if declared is not None and declared > info.frames:
+        return f"truncated audio (header declares {declared} samples, the file holds {info.frames})"
     frames = info.frames if start is None or stop is None else stop - start
     if start is not None and stop is not None and stop > info.frames:
         return f"segment ends at sample {stop} beyond the file's {info.frames}"

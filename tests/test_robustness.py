@@ -14,14 +14,15 @@ from conftest import REPO, tiny
 TRAIN = str(REPO / "recipes" / "FSDD" / "train.py")
 
 
-def run(out, prep, fsdd_dir, fault=None):
+def run(out, prep, fsdd_dir, fault=None, **changes):
     env = dict(os.environ)
     env.pop("DLD_FAULT", None)
     if fault:
         env["DLD_FAULT"] = fault
     args = [sys.executable, TRAIN, str(REPO / "hparams" / "fsdd" / "rdsc.yaml"), f"--experiment_root={out}",
             f"--prep_folder={prep}", f"--data_folder={fsdd_dir}",
-            *tiny(number_of_epochs=2, batch_size=2, ckpt_interval_steps=3, sweep_depths="[4]"), "--nonfinite_patience=3"]
+            *tiny(**{**dict(number_of_epochs=2, batch_size=2, ckpt_interval_steps=3, sweep_depths="[4]",
+                         nonfinite_patience=3), **changes})]
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
 
 
@@ -102,3 +103,47 @@ def test_same_seed_same_model_and_wer(reference, fsdd_dir, tmp_path):
     second = (tmp_path / "again" / "rdsc" / "depth_sweep_test.csv").read_text().splitlines()
     wer = lambda lines: [line.split(",")[4] for line in lines]  # noqa: E731  (latency columns vary)
     assert wer(first) == wer(second)
+
+
+def test_bad_rows_in_a_real_run_are_skipped_by_rule(reference, fsdd_dir, tmp_path):
+    """Every kind of broken row is injected into the training manifest of a real run."""
+    import numpy as np
+    import pandas as pd
+    import soundfile
+
+    root, _ = reference
+    train = pd.read_csv(root / "prep" / "train.csv")
+    good = train.iloc[0]
+    audio, rate = soundfile.read(good.wav, dtype="float32")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    soundfile.write(bad / "full.wav", audio, rate, subtype="PCM_16")
+    data = (bad / "full.wav").read_bytes()
+    (bad / "truncated.wav").write_bytes(data[: len(data) // 2])
+    (bad / "zero.wav").write_bytes(data[:44])
+    soundfile.write(bad / "silent.wav", np.zeros_like(audio), rate)
+    soundfile.write(bad / "short.wav", audio[:800], rate)
+    import torch
+    import torchaudio
+
+    stereo44 = torchaudio.functional.resample(torch.from_numpy(audio), rate, 44100).numpy()
+    soundfile.write(bad / "stereo44k.wav", np.stack([stereo44, stereo44], 1), 44100)
+    rows = [("missing", str(bad / "nope.wav"), good.wrd), ("truncated", str(bad / "truncated.wav"), good.wrd),
+            ("zero", str(bad / "zero.wav"), good.wrd), ("silent", str(bad / "silent.wav"), good.wrd),
+            ("short", str(bad / "short.wav"), good.wrd), ("empty_text", good.wav, ""),
+            ("odd_chars", good.wav, "ONE ÜBER TWO"), ("stereo44k", str(bad / "stereo44k.wav"), good.wrd)]
+    extra = pd.DataFrame([{"ID": i, "duration": 1.0, "wav": w, "spk_id": "x", "wrd": t} for i, w, t in rows])
+    pd.concat([train, extra]).to_csv(tmp_path / "train_bad.csv", index=False)
+    changes = dict(train_csv=tmp_path / "train_bad.csv", check_audio="full", number_of_epochs=1)
+    proc = run(tmp_path / "exp", root / "prep", fsdd_dir, **changes)  # same prep folder: nothing re-prepared
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "exp" / "rdsc" / "skipped_train.txt").read_text()
+    expected = {"missing": "audio file missing", "truncated": "truncated audio", "zero": "0 samples",
+                "silent": "silent audio", "short": "too short", "empty_text": "empty transcript",
+                "odd_chars": "units the tokenizer does not know"}
+    for utt, reason in expected.items():
+        assert any(line.startswith(utt + "\t") and reason in line for line in report.splitlines()), utt
+    assert "stereo44k" not in report  # other rates and stereo are converted, not dropped
+    assert f"Skipped {len(expected)} of {len(train) + len(rows)} rows" in proc.stdout + proc.stderr
+    strict = run(tmp_path / "strict", root / "prep", fsdd_dir, on_bad_data="error", **changes)
+    assert strict.returncode == 2 and "cannot be used" in strict.stderr and "nope.wav" in strict.stderr
