@@ -45,15 +45,17 @@ def plot_wer_vs_params(sweeps: pd.DataFrame, path: str | Path, test_set: str, me
 
     data = sweeps[sweeps["test_set"] == test_set]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, group in data.groupby("method", sort=False):
+    colours = plt.get_cmap("tab10").colors
+    for index, (method, group) in enumerate(data.groupby("method", sort=False)):
+        colour = colours[index % len(colours)]
         group = group.sort_values("depth")
         x = group["encoder_params"] / 1e6
         if method in STATIC_METHODS:
             full = group[group["depth"] == group["depth"].max()]
-            ax.scatter(full["encoder_params"] / 1e6, full[metric], marker="*", s=160, zorder=5,
+            ax.scatter(full["encoder_params"] / 1e6, full[metric], marker="*", s=160, zorder=5, color=colour,
                        label=f"{method} (full depth)")
         else:
-            ax.plot(x, group[metric], marker="o", label=method)
+            ax.plot(x, group[metric], marker="o", label=method, color=colour)
     ax.set_xlabel("executed encoder parameters (M)")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric} vs executed parameters ({test_set})")
