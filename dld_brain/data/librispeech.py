@@ -2,17 +2,28 @@
 
 Layout: ``LibriSpeech/<split>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac`` with one
 ``<spk>-<chapter>.trans.txt`` per chapter whose lines are ``<spk>-<chapter>-<utt> TRANSCRIPT``.
-Rules for inconsistent data (``on_missing``): a transcript line without its flac, or a flac without a
-transcript line, is an error listing the offenders (default ``"error"``), or is skipped with a logged
-count (``"skip"``). A corrupt flac is always an error naming it (the manifest would be wrong otherwise).
+
+Rules for inconsistent data, chosen by ``on_missing``:
+
+* a transcript line whose flac is missing, a flac with no transcript line (looked up in its own
+  chapter folder), and a flac that soundfile cannot open (corrupt or not FLAC) make the utterance
+  unusable. ``"error"`` (default) raises DataPrepError listing up to 10 offenders and the counts;
+  ``"skip"`` leaves them out and logs a warning with the counts. Never a silent wrong manifest.
+* a malformed transcript line (no text, an ID that is not ``<spk>-<chapter>-<utt>`` of its chapter, or
+  an ID given twice) is always an error naming ``file:line``: the transcript itself is wrong.
+* a missing split folder is an error naming it and listing the folders that are there.
+
+The audio check reads the file header (duration from ``soundfile.info``), not every sample; a file cut
+short inside its FLAC frames is caught when the recipe's ``check_audio=full`` decodes it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, merge_manifests, write_manifest
 from dld_brain.data.text import normalize_transcript
@@ -21,6 +32,93 @@ logger = logging.getLogger(__name__)
 
 ALL_SPLITS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other",
               "test-clean", "test-other")
+ON_MISSING = ("error", "skip")
+_UTT_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+_MAX_LISTED = 10
+
+
+class Utterance(NamedTuple):
+    """One transcript line and where it came from."""
+
+    utt: str
+    text: str
+    trans_file: Path
+    line: int
+
+
+def read_transcripts(trans_file: Path) -> list[Utterance]:
+    """Lines of one ``<spk>-<chapter>.trans.txt``; DataPrepError with file:line for a malformed line."""
+    chapter_dir = trans_file.parent
+    prefix = f"{chapter_dir.parent.name}-{chapter_dir.name}-"
+    out: list[Utterance] = []
+    seen: dict[str, int] = {}
+    with open(trans_file, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            utt, _, text = line.partition(" ")
+            where = f"{trans_file}:{number}"
+            if not _UTT_ID.match(utt) or not text.strip():
+                raise DataPrepError(f"{where}: malformed line {line[:60]!r}; expected "
+                                    "'<spk>-<chapter>-<utt> TRANSCRIPT'. Fix or restore the file.")
+            if not utt.startswith(prefix):
+                raise DataPrepError(f"{where}: utterance {utt} does not belong to chapter folder {chapter_dir} "
+                                    f"(IDs there start with {prefix}). Restore the file from the archive.")
+            if utt in seen:
+                raise DataPrepError(f"{where}: utterance {utt} already given on line {seen[utt]}")
+            seen[utt] = number
+            out.append(Utterance(utt, text.strip(), trans_file, number))
+    return out
+
+
+def _report(split_dir: Path, problems: dict[str, list[str]], on_missing: str) -> None:
+    """Raise (``on_missing="error"``) or log (``"skip"``) the unusable utterances of a split."""
+    total = sum(len(v) for v in problems.values())
+    if not total:
+        return
+    counts = ", ".join(f"{len(v)} {kind}" for kind, v in problems.items() if v)
+    listed = [item for v in problems.values() for item in v][:_MAX_LISTED]
+    message = f"{split_dir}: {counts}: " + "; ".join(listed) + (" ..." if total > _MAX_LISTED else "")
+    if on_missing == "error":
+        raise DataPrepError(f"{message}. Restore the files from the LibriSpeech archive, or prepare with "
+                            "on_missing='skip' to leave these utterances out.")
+    logger.warning("LibriSpeech: skipped %d unusable utterances. %s", total, message)
+
+
+def _split_rows(split_dir: Path, on_missing: str, limit: Optional[int]) -> list[dict]:
+    """Manifest rows of one split, sorted by ID, applying the ``on_missing`` rule."""
+    problems: dict[str, list[str]] = {"transcript lines without audio": [], "flac files without transcript": [],
+                                      "unreadable flac files": []}
+    usable: list[tuple[Utterance, Path]] = []
+    for chapter_dir in sorted(p for p in split_dir.glob("*/*") if p.is_dir()):
+        lines = [u for t in sorted(chapter_dir.glob("*.trans.txt")) for u in read_transcripts(t)]
+        flacs = {p.stem: p for p in chapter_dir.glob("*.flac")}
+        for u in lines:
+            if u.utt in flacs:
+                usable.append((u, flacs.pop(u.utt)))
+            else:
+                problems["transcript lines without audio"].append(
+                    f"{u.trans_file.relative_to(split_dir)}:{u.line} {u.utt} has no {u.utt}.flac")
+        problems["flac files without transcript"] += [f"{p.relative_to(split_dir)} has no transcript line"
+                                                      for p in sorted(flacs.values())]
+    usable.sort(key=lambda item: item[0].utt)
+    rows = []
+    for u, flac in usable:
+        if limit is not None and len(rows) >= limit:
+            break
+        try:
+            duration, _, _ = audio_info(flac)
+        except DataPrepError as err:
+            cause = err.__cause__  # libsndfile's reason, or audio_info's own ("Empty audio file (0 samples)")
+            reason = (getattr(cause, "error_string", None) or str(cause)) if cause else str(err).split(": ")[0]
+            reason = reason.rstrip(".")
+            problems["unreadable flac files"].append(f"{flac.relative_to(split_dir)} is unreadable ({reason})")
+            continue
+        rows.append({"ID": u.utt, "duration": f"{duration:.3f}", "wav": str(flac.absolute()),
+                     "spk_id": u.utt.split("-")[0], "wrd": normalize_transcript(u.text)})
+    _report(split_dir, problems, on_missing)
+    return rows
 
 
 def _corpus_root(data_folder: Path, splits: Sequence[str]) -> Path:
@@ -28,50 +126,7 @@ def _corpus_root(data_folder: Path, splits: Sequence[str]) -> Path:
     for root in (data_folder, data_folder / "LibriSpeech"):
         if any((root / s).is_dir() for s in splits):
             return root
-    return data_folder
-
-
-def read_transcripts(trans_file: Path) -> dict[str, str]:
-    """``{utt_id: text}`` of one ``.trans.txt``; DataPrepError with file:line for a malformed line."""
-    out = {}
-    with open(trans_file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            utt, _, text = line.partition(" ")
-            if not text.strip() or utt.count("-") != 2:
-                raise DataPrepError(f"{trans_file}:{number}: malformed line {line[:60]!r}; expected "
-                                    "'<spk>-<chapter>-<utt> TRANSCRIPT'")
-            out[utt] = text.strip()
-    return out
-
-
-def _split_rows(split_dir: Path, on_missing: str, limit: Optional[int]) -> list[dict]:
-    """Manifest rows of one split (sorted by ID), applying the ``on_missing`` rule."""
-    transcripts: dict[str, tuple[str, Path]] = {}
-    for trans in sorted(split_dir.glob("*/*/*.trans.txt")):
-        for utt, text in read_transcripts(trans).items():
-            transcripts[utt] = (text, trans)
-    flacs = {p.stem: p for p in split_dir.glob("*/*/*.flac")}
-    no_audio = sorted(set(transcripts) - set(flacs))
-    no_text = sorted(set(flacs) - set(transcripts))
-    problems = [f"{u}: transcript in {transcripts[u][1]} but no {u}.flac" for u in no_audio]
-    problems += [f"{flacs[u]}: no transcript line" for u in no_text]
-    if problems:
-        message = f"{split_dir}: {len(no_audio)} transcript lines without audio, {len(no_text)} flac files " \
-                  f"without transcript: " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else "")
-        if on_missing == "error":
-            raise DataPrepError(message + ". Restore the files, or prepare with on_missing='skip'.")
-        logger.warning("Skipping %d utterances. %s", len(problems), message)
-    rows = []
-    for utt in sorted(set(transcripts) & set(flacs)):
-        if limit is not None and len(rows) >= limit:
-            break
-        duration, _, _ = audio_info(flacs[utt])  # corrupt audio -> DataPrepError naming the file
-        rows.append({"ID": utt, "duration": f"{duration:.3f}", "wav": str(flacs[utt].resolve()),
-                     "spk_id": utt.split("-")[0], "wrd": normalize_transcript(transcripts[utt][0])})
-    return rows
+    return data_folder / "LibriSpeech" if (data_folder / "LibriSpeech").is_dir() else data_folder
 
 
 def prepare_librispeech(
@@ -84,13 +139,17 @@ def prepare_librispeech(
     merge_train_name: str = "train",
     on_missing: str = "error",
 ) -> dict[str, Path]:
-    """Write ``<split>.csv`` for every split and ``<merge_train_name>.csv`` (all training splits).
+    """Write ``<save_folder>/<split>.csv`` per split and ``<merge_train_name>.csv`` (all tr_splits).
 
-    Idempotent: skipped when a previous run with the same options finished. Returns {name: csv path}.
+    ``data_folder`` is the ``LibriSpeech`` folder or its parent. ``select_n_sentences`` keeps the first
+    N utterances (by ID) of each split, for debugging. Idempotent: a rerun with the same options whose
+    manifests still exist does nothing. Returns ``{split or merge_train_name: csv path}``.
     """
-    if on_missing not in ("error", "skip"):
-        raise DataPrepError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    if on_missing not in ON_MISSING:
+        raise DataPrepError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
     splits = list(dict.fromkeys([*tr_splits, *dev_splits, *te_splits]))
+    if tr_splits and merge_train_name in splits:
+        raise DataPrepError(f"merge_train_name {merge_train_name!r} is also a split name; choose another")
     data_folder, save_folder = Path(data_folder), Path(save_folder)
     if not data_folder.is_dir():
         raise DataPrepError(f"LibriSpeech folder not found: {data_folder}. Pass --data_folder=<the folder "
@@ -99,24 +158,31 @@ def prepare_librispeech(
     outputs = {s: save_folder / f"{s}.csv" for s in splits}
     if tr_splits:
         outputs[merge_train_name] = save_folder / f"{merge_train_name}.csv"
-    marker = PrepMarker(save_folder, "librispeech", dict(root=str(root.resolve()), splits=splits,
-                        tr=list(tr_splits), n=select_n_sentences, on_missing=on_missing))
+    marker = PrepMarker(save_folder, "librispeech", dict(
+        root=str(root.absolute()), tr=list(tr_splits), dev=list(dev_splits), te=list(te_splits),
+        n=select_n_sentences, merge=merge_train_name, on_missing=on_missing))
     if marker.done(list(outputs.values())):
         logger.info("LibriSpeech manifests in %s are up to date; skipping preparation", save_folder)
         return outputs
     for split in splits:
-        split_dir = root / split
-        if not split_dir.is_dir():
-            present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-            raise DataPrepError(f"LibriSpeech split folder missing: {split_dir} (found {present}). Download "
-                                "and extract it, or remove it from the split lists.")
-        rows = _split_rows(split_dir, on_missing, select_n_sentences)
+        _check_split_dir(root, split)
+    for split in splits:
+        rows = _split_rows(root / split, on_missing, select_n_sentences)
         if not rows:
-            raise DataPrepError(f"no utterances found in {split_dir}")
+            raise DataPrepError(f"no usable utterances in {root / split}")
         write_manifest(outputs[split], rows)
-        logger.info("LibriSpeech %s: %d utterances, %.1f h", split, len(rows),
+        logger.info("LibriSpeech %s: %d utterances, %.2f h", split, len(rows),
                     sum(float(r["duration"]) for r in rows) / 3600)
     if tr_splits:
         merge_manifests([outputs[s] for s in tr_splits], outputs[merge_train_name])
     marker.mark()
     return outputs
+
+
+def _check_split_dir(root: Path, split: str) -> None:
+    """DataPrepError naming a missing split folder and listing what is there instead."""
+    if (root / split).is_dir():
+        return
+    present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    raise DataPrepError(f"LibriSpeech split folder missing: {root / split} (found {present or 'nothing'}). "
+                        "Download and extract that split, or remove it from the split lists.")
