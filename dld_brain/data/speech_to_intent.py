@@ -1,0 +1,175 @@
+"""Spoken coffee orders (Picovoice Speech-to-Intent benchmark, Apache-2.0): drink classification manifests.
+
+The local copy (see ``SOURCE.md`` next to it) holds ``labels.csv`` (``id, path, duration, ..., coffeeDrink,
+...``) and 619 real crowd-sourced orders as ``audio/<id>.flac`` (16 kHz mono, silence-trimmed). The label is
+the ordered drink, ``coffeeDrink`` (10 classes: americano, cappuccino, coffee, drip coffee, espresso, house
+coffee, iced coffee, iced mocha, latte, mocha).
+
+The corpus has no speaker ids (file names are UUIDs), so no speaker-disjoint split exists: the split is a
+seeded random one, stratified by drink (each drink keeps its share in every split), and speakers leak
+across splits. ``wrd`` holds the Whisper tiny.en MACHINE transcript when
+``whisper_tiny_en_transcripts.tsv`` is present (not human-verified; never used as a training target),
+else it is empty. Manifests: ``train/valid/test.csv`` with ``ID, duration, wav, spk_id, wrd, intent``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Optional
+
+from dld_brain.data.fsc import SLU_FIELDS, SPLITS
+from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, write_manifest
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMN = "coffeeDrink"
+TRANSCRIPTS = "whisper_tiny_en_transcripts.tsv"
+UNKNOWN_SPEAKER = "unknown"
+PREP_VERSION = 1
+
+
+def locate_speech_to_intent(
+    data_folder: str | os.PathLike, fallback_folders: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """The first of ``data_folder`` and ``fallback_folders`` holding ``labels.csv`` and ``audio/``."""
+    candidates = [Path(data_folder).expanduser().absolute()]
+    candidates += [Path(f).expanduser().absolute() for f in fallback_folders]
+    for folder in candidates:
+        if (folder / "labels.csv").is_file() and (folder / "audio").is_dir():
+            logger.info("Using the Speech-to-Intent coffee orders in %s", folder)
+            return folder
+    raise DataPrepError(
+        f"Speech-to-Intent coffee orders not found: no labels.csv + audio/ in {', '.join(map(str, candidates))}. "
+        "Pass --data_folder pointing at a copy (audio/<id>.flac + labels.csv, built from "
+        "github.com/Picovoice/speech-to-intent-benchmark data/speech/clean and data/label/label.json).")
+
+
+def read_labels(folder: Path) -> list[dict]:
+    """Rows of ``labels.csv``; DataPrepError naming the file when it is empty, lacks columns or a label."""
+    path = folder / "labels.csv"
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in ("id", "path", LABEL_COLUMN) if c not in header]
+        if missing:
+            raise DataPrepError(f"{path} lacks columns {missing} (header: {header})")
+        rows = list(reader)
+    if not rows:
+        raise DataPrepError(f"{path} has no rows")
+    seen = set()
+    for i, row in enumerate(rows, start=2):
+        if not (row["id"] or "").strip() or not (row[LABEL_COLUMN] or "").strip():
+            raise DataPrepError(f"{path}, line {i}: empty id or {LABEL_COLUMN}")
+        if row["id"] in seen:
+            raise DataPrepError(f"{path}, line {i}: duplicate id {row['id']}")
+        seen.add(row["id"])
+    return rows
+
+
+def read_transcripts(folder: Path) -> dict[str, str]:
+    """``{id: machine transcript}`` from the Whisper TSV, or {} when it is absent."""
+    path = folder / TRANSCRIPTS
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        next(reader, None)  # header
+        return {row[0]: row[1].strip() for row in reader if len(row) >= 2}
+
+
+def stratified_split(
+    labels: dict[str, str], seed: int = 1234, valid_frac: float = 0.15, test_frac: float = 0.15
+) -> dict[str, list[str]]:
+    """Split ``{id: label}`` into ``{"train", "valid", "test"}`` id lists, stratified by label.
+
+    Per label (in sorted order) its ids are sorted, shuffled with one ``random.Random(seed)`` and cut:
+    ``round(n * test_frac)`` to test, ``round(n * valid_frac)`` to valid (at least one each when the
+    fraction is > 0 and the label has 3+ utterances), the rest to train. Deterministic for a seed; the
+    three lists are disjoint and cover every id.
+    """
+    if not (0 <= valid_frac < 1 and 0 <= test_frac < 1 and valid_frac + test_frac < 1):
+        raise DataPrepError(f"need 0 <= valid_frac, test_frac and valid_frac + test_frac < 1, got "
+                            f"valid_frac={valid_frac}, test_frac={test_frac}")
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for utt, label in labels.items():
+        by_label[label].append(utt)
+    rng = random.Random(seed)
+    split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for label in sorted(by_label):
+        ids = sorted(by_label[label])
+        rng.shuffle(ids)
+        n = len(ids)
+
+        def count(frac):
+            k = round(n * frac)
+            return max(k, 1) if frac > 0 and n >= 3 else k
+
+        n_test, n_valid = count(test_frac), count(valid_frac)
+        split["test"] += ids[:n_test]
+        split["valid"] += ids[n_test:n_test + n_valid]
+        split["train"] += ids[n_test + n_valid:]
+    return {s: sorted(ids) for s, ids in split.items()}
+
+
+def prepare_speech_to_intent(
+    data_folder: str | os.PathLike,
+    save_folder: str | os.PathLike,
+    seed: int = 1234,
+    valid_frac: float = 0.15,
+    test_frac: float = 0.15,
+    *,
+    fallback_folders: Iterable[str | os.PathLike] = (),
+    max_per_class: Optional[int] = None,
+) -> dict[str, Path]:
+    """Write ``train/valid/test.csv`` (ID, duration, wav, spk_id, wrd, intent = coffeeDrink) under ``save_folder``.
+
+    ``max_per_class`` keeps only that many utterances per drink (quick runs and tests). Skips the work when
+    a finished prep with the same options is there. Returns ``{split: csv path}``.
+    """
+    folder = locate_speech_to_intent(data_folder, fallback_folders)
+    save_folder = Path(save_folder)
+    csvs = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    labels_file = folder / "labels.csv"
+    options = dict(version=PREP_VERSION, folder=str(folder), seed=seed, valid_frac=valid_frac,
+                   test_frac=test_frac, max_per_class=max_per_class,
+                   labels=(labels_file.stat().st_size, labels_file.stat().st_mtime_ns))
+    marker = PrepMarker(save_folder, "speech_to_intent", options)
+    if marker.done(list(csvs.values())):
+        logger.info("Speech-to-Intent manifests in %s are up to date (same options); skipping", save_folder)
+        return csvs
+    rows = read_labels(folder)
+    if max_per_class is not None:
+        kept, per_class = [], defaultdict(int)
+        for row in sorted(rows, key=lambda r: r["id"]):
+            if per_class[row[LABEL_COLUMN]] < max_per_class:
+                per_class[row[LABEL_COLUMN]] += 1
+                kept.append(row)
+        rows = kept
+    by_id = {row["id"]: row for row in rows}
+    split = stratified_split({i: r[LABEL_COLUMN] for i, r in by_id.items()}, seed, valid_frac, test_frac)
+    transcripts = read_transcripts(folder)
+    marker.path.unlink(missing_ok=True)
+    for name in SPLITS:
+        out = []
+        for utt in split[name]:
+            row = by_id[utt]
+            wav = folder / (row["path"] or f"audio/{utt}.flac")
+            if not wav.is_file():
+                raise DataPrepError(f"audio file listed in {labels_file} not found: {wav}")
+            duration, _, _ = audio_info(wav)
+            out.append({"ID": utt, "duration": f"{duration:.3f}", "wav": str(wav.resolve()),
+                        "spk_id": UNKNOWN_SPEAKER, "wrd": transcripts.get(utt, ""),
+                        "intent": row[LABEL_COLUMN].strip()})
+        write_manifest(csvs[name], out, SLU_FIELDS)
+        counts = defaultdict(int)
+        for r in out:
+            counts[r["intent"]] += 1
+        logger.info("Speech-to-Intent %s: %d utterances, %.1f min, per drink %s", name, len(out),
+                    sum(float(r["duration"]) for r in out) / 60, dict(sorted(counts.items())))
+    marker.mark()
+    return csvs

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""The main job: train the static teacher, then RD and DLD on the spoken coffee orders, and compare them.
+
+Each method is one run of recipes/SpeechToIntent/train.py with its hparams file (so any run can be repeated
+or resumed alone); the comparison table (accuracy per depth), the plot and the wall times land in
+<experiment_root>/.
+Usage: python recipes/SpeechToIntent/run_comparison.py [--methods teacher rd dld] [--num_threads 1]
+       [-- extra overrides]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dld_brain.report import write_comparison  # noqa: E402
+
+METHODS = ("teacher", "rd", "dld")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--experiment_root", default="results/speech_to_intent")
+    parser.add_argument("--hparams_dir", default=str(ROOT / "hparams" / "slu"))
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="torch CPU threads of every run (OMP_NUM_THREADS); default: torch's own choice. "
+                             "1 is fastest for this small model on a busy 2-core machine")
+    parser.add_argument("extra", nargs=argparse.REMAINDER,
+                        help="after --: options passed to every train.py run, e.g. -- --number_of_epochs=2")
+    args = parser.parse_args()
+    extra = [a for a in args.extra if a != "--"]
+    env = dict(os.environ)
+    if args.num_threads:
+        env["OMP_NUM_THREADS"] = str(args.num_threads)
+    start = time.time()
+    times = {}
+    for i, method in enumerate(args.methods, 1):
+        print(f"\n=== [{i}/{len(args.methods)}] {method} ({time.time() - start:.0f} s elapsed) ===", flush=True)
+        cmd = [sys.executable, str(ROOT / "recipes" / "SpeechToIntent" / "train.py"),
+               str(Path(args.hparams_dir) / f"{method}.yaml"),
+               f"--experiment_root={args.experiment_root}", *extra]
+        began = time.time()
+        result = subprocess.run(cmd, env=env)
+        times[method] = round(time.time() - began, 1)
+        if result.returncode != 0:
+            sys.exit(f"{method} failed (exit {result.returncode}); fix it and rerun: finished runs resume "
+                     "from their checkpoints")
+    total = round(time.time() - start, 1)
+    sweeps = [Path(args.experiment_root) / m / "depth_sweep_test.csv" for m in args.methods]
+    md = write_comparison(sweeps, args.experiment_root, metric="accuracy")
+    timing = {"wall_time_s": {**times, "total": total}, "num_threads": args.num_threads, "extra": extra}
+    (Path(args.experiment_root) / "wall_time.json").write_text(json.dumps(timing, indent=1) + "\n")
+    with open(md, "a") as handle:
+        handle.write("\nWall time (training + depth sweep, s): "
+                     + ", ".join(f"{m} {t}" for m, t in times.items()) + f"; total {total}\n")
+    print(f"\n=== done in {total:.0f} s ===\n")
+    print(md.read_text())
+    print(f"table: {md}\nplot:  {Path(args.experiment_root) / 'comparison_test.png'}")
+
+
+if __name__ == "__main__":
+    main()
