@@ -16,9 +16,9 @@ def test_dld_file_resolves_its_extends_chain():
     assert h["model"].encoder.drop_prob == 0.5  # !ref <drop_prob> reached the model
     assert h["teacher_checkpoint"] == "results/fsdd/teacher"  # !ref <experiment_root>/teacher resolved
     assert h["output_folder"] == "results/fsdd/dld"
-    assert h["number_of_epochs"] == 8 and h["epoch_counter"].limit == 8  # dld.yaml over base.yaml
+    assert h["number_of_epochs"] == 10 and h["epoch_counter"].limit == 10  # dld.yaml over base.yaml
     assert h["num_layers"] == 6 and h["model"].encoder.num_layers == 6  # fsdd/base.yaml over conformer_base
-    assert h["valid_depths"] == [3, 6]
+    assert h["valid_depths"] == "all"
     assert h["compute_features"].compute_fbanks.n_mels == 40  # FSDD overrides the paper's 80
     assert h["vocab_size"] == 17 and h["model"].ctc_head.out_features == 17
 
@@ -26,7 +26,9 @@ def test_dld_file_resolves_its_extends_chain():
 def test_overrides_are_applied_and_propagate_through_refs():
     h = load_hparams(DLD, "number_of_epochs: 3\nnum_layers: 4\nd_model: 48\nexperiment_root: /tmp/exp")
     assert h["number_of_epochs"] == 3 and h["epoch_counter"].limit == 3
-    assert h["model"].encoder.num_layers == 4 and h["valid_depths"] == [2, 4]
+    assert h["model"].encoder.num_layers == 4
+    paper = load_hparams(HP / "dld_conformer.yaml", "num_layers: 4\ndata_folder: /tmp/x")
+    assert paper["valid_depths"] == [2, 4]  # [!ref <num_layers> // 2, !ref <num_layers>]
     assert h["model"].ctc_head.in_features == 48
     assert h["teacher_checkpoint"] == "/tmp/exp/teacher" and h["save_folder"] == "/tmp/exp/dld/save"
     as_dict = load_hparams(DLD, {"number_of_epochs": 2, "drop_prob": 0.25, "num_layers": 4})
@@ -47,7 +49,7 @@ def test_paper_configuration():
 def test_every_method_file_loads(path):
     h = load_hparams(HP / path, {"data_folder": "/tmp/x", "num_layers": 2, "d_model": 32, "nhead": 2,
                                  "d_ffn": 64})
-    assert h["method"] in ("teacher", "rdsc", "rdld", "dld")
+    assert h["method"] in ("teacher", "rdsc", "rdld", "dld", "rd")  # rd: SLU random dropping from scratch
     assert (h["drop_prob"] > 0) == (h["method"] != "teacher")
     assert h["model"].encoder.drop_prob == h["drop_prob"]
     assert (h["kd_weight"] > 0) == (h["method"] == "dld")
@@ -114,10 +116,10 @@ def test_missing_files(tmp_path):
 def test_resolved_text_holds_the_overridden_value(tmp_path):
     text = resolved_yaml_text(DLD, "number_of_epochs: 3\nnum_layers: 2")
     lines = text.splitlines()
-    assert "number_of_epochs: 3" in lines and "number_of_epochs: 8" not in lines
+    assert "number_of_epochs: 3" in lines and "number_of_epochs: 10" not in lines
     assert "extends" not in text and "kd_weight: 1.0" in text and "method: dld" in text
     assert "!ref <number_of_epochs>" in text  # references kept, so the file reloads the same way
-    assert "number_of_epochs: 8" in resolved_yaml_text(DLD).splitlines()
+    assert "number_of_epochs: 10" in resolved_yaml_text(DLD).splitlines()
     saved = tmp_path / "hyperparams.yaml"
     saved.write_text(text)
     reloaded = load_hparams(saved)  # the saved text rebuilds the same run
