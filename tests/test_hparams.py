@@ -46,9 +46,9 @@ def test_paper_configuration():
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(HP)) for p in HP.rglob("*.yaml")
                                         if "base" not in p.name))
-def test_every_method_file_loads(path):
+def test_every_method_file_loads(path, tmp_path):
     h = load_hparams(HP / path, {"data_folder": "/tmp/x", "num_layers": 2, "d_model": 32, "nhead": 2,
-                                 "d_ffn": 64})
+                                 "d_ffn": 64, "experiment_root": str(tmp_path)})
     assert h["method"] in ("teacher", "rdsc", "rdld", "dld", "rd")  # rd: SLU random dropping from scratch
     assert (h["drop_prob"] > 0) == (h["method"] != "teacher")
     assert h["model"].encoder.drop_prob == h["drop_prob"]
