@@ -7,8 +7,7 @@ a layer whose gate is 0 is not called at all, so neither its compute nor its aut
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
@@ -16,10 +15,10 @@ from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import RelPosEncXL
 
-from dld_brain.gates import DEPTH_POLICIES, DepthError, LayerDropSampler, select_layers
+from dld_brain.gates import DynamicDepthMixin
 
 
-class GatedConformerEncoder(ConformerEncoder):
+class GatedConformerEncoder(DynamicDepthMixin, ConformerEncoder):
     """Conformer encoder with per-layer gates: random layer dropping in training, chosen depth at inference.
 
     Arguments beyond SpeechBrain's ``ConformerEncoder``: ``drop_prob`` (probability a layer is skipped in a
@@ -66,51 +65,15 @@ class GatedConformerEncoder(ConformerEncoder):
             output_hidden_states=output_hidden_states,
             layerdrop_prob=0.0,  # our gates replace SpeechBrain's own layer drop
         )
-        if depth_policy not in DEPTH_POLICIES:
-            raise DepthError(f"unknown depth_policy {depth_policy!r}; choose one of {DEPTH_POLICIES}")
-        self.num_layers = num_layers
-        self.gate_sampler = LayerDropSampler(num_layers, drop_prob, gate_seed)
-        self.depth_policy = depth_policy
-        self.inference_layers: Optional[list[int]] = None  # None = all layers
-        self.last_layers: list[int] = list(range(num_layers))
+        self._init_gates(num_layers, drop_prob, gate_seed, depth_policy)
 
-    @property
-    def drop_prob(self) -> float:
-        """Probability that a layer is skipped in a training batch (0 = static training)."""
-        return self.gate_sampler.drop_prob
-
-    def set_depth(
-        self,
-        depth: Optional[int] = None,
-        layers: Optional[Sequence[int]] = None,
-        policy: Optional[str] = None,
-    ) -> list[int]:
-        """Choose the layers used outside training: a depth (with a policy) or an explicit list; None = all.
-
-        Returns the chosen 0-based layer indices. Raises DepthError for an invalid depth or list.
-        """
-        chosen = select_layers(self.num_layers, depth, layers, policy or self.depth_policy)
-        self.inference_layers = None if len(chosen) == self.num_layers else chosen
-        return chosen
-
-    @contextlib.contextmanager
-    def at_depth(self, depth=None, layers=None, policy=None) -> Iterator[list[int]]:
-        """Context manager: run at a depth or layer list inside the block, then restore the previous choice."""
-        previous = self.inference_layers
-        try:
-            yield self.set_depth(depth, layers, policy)
-        finally:
-            self.inference_layers = previous
-
-    def active_layers(self, layers: Optional[Sequence[int]] = None) -> list[int]:
-        """Layers the next forward runs: an explicit list, else random gates in training, else the set depth."""
-        if layers is not None:
-            return select_layers(self.num_layers, layers=layers)
-        if self.training and self.drop_prob > 0.0:
-            return self.gate_sampler.sample()
-        if self.inference_layers is not None:
-            return list(self.inference_layers)
-        return list(range(self.num_layers))
+    def gated_layers(self, gates: torch.Tensor, batch_size: int) -> list[int]:
+        """Check per-utterance gates (batch_size, num_layers) and return the layers some utterance keeps
+        (gate != 0); a layer every utterance skips is not computed. Gradients flow to the gates of the rest."""
+        if gates.dim() != 2 or tuple(gates.shape) != (batch_size, self.num_layers):
+            raise DepthError(f"gates must have shape (batch, num_layers) = ({batch_size}, {self.num_layers}), "
+                             f"got {tuple(gates.shape)}")
+        return [int(i) for i in torch.nonzero(gates.detach().ne(0).any(dim=0)).flatten()]
 
     def forward(
         self,
@@ -120,23 +83,31 @@ class GatedConformerEncoder(ConformerEncoder):
         pos_embs: Optional[torch.Tensor] = None,
         dynchunktrain_config=None,
         layers: Optional[Sequence[int]] = None,
+        gates: Optional[torch.Tensor] = None,
     ):
-        """Run the gated layers; same inputs/outputs as SpeechBrain's ConformerEncoder, plus ``layers``."""
+        """Run the gated layers; same inputs/outputs as SpeechBrain's ConformerEncoder, plus ``layers`` (one
+        explicit list for the batch) or ``gates`` (B, num_layers) per-utterance gates, see :meth:`gated_layers`."""
         if self.attention_type == "RelPosMHAXL" and pos_embs is None:
             raise ValueError("RelPosMHAXL attention needs pos_embs (see speechbrain.nnet.attention.RelPosEncXL)")
-        run = self.active_layers(layers)
+        if gates is not None and layers is not None:
+            raise DepthError("give either layers (one list for the batch) or gates (per utterance), not both")
+        run = self.gated_layers(gates, src.shape[0]) if gates is not None else self.active_layers(layers)
         self.last_layers = run
         output = src
         attention_lst = []
         hidden_state_lst = [output]
         for i in run:
-            output, attention = self.layers[i](
+            new, attention = self.layers[i](
                 output,
                 src_mask=src_mask,
                 src_key_padding_mask=src_key_padding_mask,
                 pos_embs=pos_embs,
                 dynchunktrain_config=dynchunktrain_config,
             )
+            if gates is not None:  # per utterance: y + g (f(y) - y), exact for g in {0, 1}
+                g = gates[:, i].to(new.dtype)[:, None, None]
+                new = g * new + (1.0 - g) * output
+            output = new
             attention_lst.append(attention)
             if self.output_hidden_states:
                 hidden_state_lst.append(output)
@@ -208,21 +179,31 @@ class ConformerCTC(torch.nn.Module):
         )
         self.ctc_head = torch.nn.Linear(d_model, vocab_size)
 
-    def encode(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None) -> torch.Tensor:
-        """Front-end + gated encoder: (B, T, n_mels) -> (B, T', d_model)."""
+    def embed(self, feats: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Front-end only: (B, T, n_mels) -> encoder input (B, T', d_model) and padding mask (B, T', True=pad)."""
         x = self.frontend(feats)
         x = x.reshape(x.shape[0], x.shape[1], -1)
         x = self.input_proj(x)
         abs_len = torch.round(wav_lens * x.shape[1]).long().clamp(min=1)
         pad_mask = torch.arange(x.shape[1], device=x.device)[None, :] >= abs_len[:, None]
-        pos = self.pos_enc(x)
-        out, _ = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=pos, layers=layers)
+        return x, pad_mask
+
+    def run_layers(self, x: torch.Tensor, pad_mask: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
+        """Gated encoder on :meth:`embed`'s output, with one ``layers`` list or per-utterance ``gates``."""
+        out, _ = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=self.pos_enc(x), layers=layers, gates=gates)
         return out
 
-    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None) -> torch.Tensor:
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """CTC head: encoder output -> log-probabilities (B, T', vocab) in float32."""
+        return torch.log_softmax(self.ctc_head(hidden).float(), dim=-1)
+
+    def encode(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
+        """Front-end + gated encoder: (B, T, n_mels) -> (B, T', d_model)."""
+        return self.run_layers(*self.embed(feats, wav_lens), layers=layers, gates=gates)
+
+    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
         """Return CTC log-probabilities (B, T', vocab) computed in float32."""
-        logits = self.ctc_head(self.encode(feats, wav_lens, layers))
-        return torch.log_softmax(logits.float(), dim=-1)
+        return self.output(self.encode(feats, wav_lens, layers, gates))
 
 
 def _num_params(module: torch.nn.Module) -> int:
@@ -232,12 +213,16 @@ def _num_params(module: torch.nn.Module) -> int:
 def executed_parameters(model: torch.nn.Module, layers: Optional[Sequence[int]] = None) -> dict[str, int]:
     """Count parameters executed at a layer set: ``encoder`` (run layers + final norm) and ``total`` (model).
 
-    ``model`` is a :class:`ConformerCTC` or a :class:`GatedConformerEncoder`; ``layers=None`` means all.
+    ``model`` is a :class:`ConformerCTC` or a :class:`GatedConformerEncoder`, or any model whose encoder
+    has ``parameter_counts()`` (see :class:`dld_brain.lobes.wavlm.GatedWavLMEncoder`); ``layers=None`` = all.
     """
     encoder = model.encoder if hasattr(model, "encoder") else model
     run = range(encoder.num_layers) if layers is None else layers
-    layer_params = sum(_num_params(encoder.layers[i]) for i in run)
-    all_layer_params = sum(_num_params(layer) for layer in encoder.layers)
-    enc = layer_params + _num_params(encoder.norm)
-    total = _num_params(model) - all_layer_params + layer_params
+    if hasattr(encoder, "parameter_counts"):  # e.g. GatedWavLMEncoder: (per-layer counts, always-run count)
+        per_layer, shared = encoder.parameter_counts()
+    else:
+        per_layer, shared = [_num_params(layer) for layer in encoder.layers], _num_params(encoder.norm)
+    layer_params = sum(per_layer[i] for i in run)
+    enc = layer_params + shared
+    total = _num_params(model) - sum(per_layer) + layer_params
     return {"encoder": enc, "total": total}
