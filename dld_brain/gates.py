@@ -8,7 +8,8 @@ Inference: :func:`select_layers` turns a depth ``n`` and a policy into an explic
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Iterator, Optional, Sequence
 
 import torch
 from speechbrain.utils.checkpoints import (
@@ -113,3 +114,59 @@ class LayerDropSampler:
         saved = torch.load(path)
         self.generator.set_state(saved["state"])
         self.draws = saved["draws"]
+
+
+class DynamicDepthMixin:
+    """Depth control shared by the gated encoders: random gates in training, a chosen depth at inference.
+
+    A subclass calls :meth:`_init_gates` in its constructor and runs ``self.active_layers(layers)`` in
+    ``forward`` (storing the result in ``self.last_layers``).
+    """
+
+    def _init_gates(self, num_layers: int, drop_prob: float, gate_seed: int, depth_policy: str) -> None:
+        """Create the gate sampler and the inference-depth state."""
+        if depth_policy not in DEPTH_POLICIES:
+            raise DepthError(f"unknown depth_policy {depth_policy!r}; choose one of {DEPTH_POLICIES}")
+        self.num_layers = num_layers
+        self.gate_sampler = LayerDropSampler(num_layers, drop_prob, gate_seed)
+        self.depth_policy = depth_policy
+        self.inference_layers: Optional[list[int]] = None  # None = all layers
+        self.last_layers: list[int] = list(range(num_layers))
+
+    @property
+    def drop_prob(self) -> float:
+        """Probability that a layer is skipped in a training batch (0 = static training)."""
+        return self.gate_sampler.drop_prob
+
+    def set_depth(
+        self,
+        depth: Optional[int] = None,
+        layers: Optional[Sequence[int]] = None,
+        policy: Optional[str] = None,
+    ) -> list[int]:
+        """Choose the layers used outside training: a depth (with a policy) or an explicit list; None = all.
+
+        Returns the chosen 0-based layer indices. Raises DepthError for an invalid depth or list.
+        """
+        chosen = select_layers(self.num_layers, depth, layers, policy or self.depth_policy)
+        self.inference_layers = None if len(chosen) == self.num_layers else chosen
+        return chosen
+
+    @contextlib.contextmanager
+    def at_depth(self, depth=None, layers=None, policy=None) -> Iterator[list[int]]:
+        """Context manager: run at a depth or layer list inside the block, then restore the previous choice."""
+        previous = self.inference_layers
+        try:
+            yield self.set_depth(depth, layers, policy)
+        finally:
+            self.inference_layers = previous
+
+    def active_layers(self, layers: Optional[Sequence[int]] = None) -> list[int]:
+        """Layers the next forward runs: an explicit list, else random gates in training, else the set depth."""
+        if layers is not None:
+            return select_layers(self.num_layers, layers=layers)
+        if self.training and self.drop_prob > 0.0:
+            return self.gate_sampler.sample()
+        if self.inference_layers is not None:
+            return list(self.inference_layers)
+        return list(range(self.num_layers))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,6 +18,8 @@ import yaml
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 
 logger = logging.getLogger(__name__)
+
+_ENCODER_LAYER_KEY = re.compile(r"^encoder\.(?:.+?\.)?layers\.(\d+)\.")  # first layers.<i> after encoder.
 
 
 class TeacherError(ValueError):
@@ -64,8 +67,8 @@ def check_state_compatible(student_state: dict, teacher_state: dict, source: str
     if s_keys != t_keys:
         missing, extra = sorted(s_keys - t_keys), sorted(t_keys - s_keys)
 
-        def layers(keys):
-            return {int(k.split(".")[2]) for k in keys if k.startswith("encoder.layers.")}
+        def layers(keys):  # encoder.layers.<i>. (conformer) or encoder.<...>.layers.<i>. (e.g. WavLM)
+            return {int(m.group(1)) for m in map(_ENCODER_LAYER_KEY.match, keys) if m}
 
         s_layers, t_layers = layers(s_keys), layers(t_keys)
         if s_layers != t_layers:

@@ -1,5 +1,6 @@
 """Dynamic-depth lobes usable from any SpeechBrain YAML (``!new:dld_brain.lobes.GatedConformerEncoder``)."""
 
 from dld_brain.lobes.conformer import ConformerCTC, GatedConformerEncoder, executed_parameters
+from dld_brain.lobes.wavlm import GatedWavLMEncoder, WavLMCTC
 
-__all__ = ["ConformerCTC", "GatedConformerEncoder", "executed_parameters"]
+__all__ = ["ConformerCTC", "GatedConformerEncoder", "GatedWavLMEncoder", "WavLMCTC", "executed_parameters"]
