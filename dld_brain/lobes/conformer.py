@@ -15,7 +15,7 @@ from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import RelPosEncXL
 
-from dld_brain.gates import DynamicDepthMixin
+from dld_brain.gates import DepthError, DynamicDepthMixin
 
 
 class GatedConformerEncoder(DynamicDepthMixin, ConformerEncoder):
