@@ -122,12 +122,15 @@ def run_asr_recipe(
     tokenizer = build_tokenizer(hparams)
     hparams["tokenizer"] = tokenizer
     datasets = make_asr_datasets(hparams, tokenizer)
-    brain = DynamicDepthCTCBrain(
+    brain_class = hparams.get("brain_class") or DynamicDepthCTCBrain  # e.g. WavLMCTCBrain (two optimizers)
+    brain = brain_class(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
     fit_and_sweep(brain, datasets, hparams)
-    if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
+    if not getattr(brain.model, "supports_inference_bundle", True):
+        logger.info("No inference bundle: %s is not described by dld_brain.export", type(brain.model).__name__)
+    elif sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         tokenizer.prefix_model_file + ".model",
                                         Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")
