@@ -1,9 +1,12 @@
 """Inference bundles: a self-contained folder from which a trained model is loaded for transcription.
 
-``<output_folder>/inference/`` holds ``inference.yaml`` (features, normalisation, model, tokenizer and a
-SpeechBrain ``Pretrainer``), ``model.ckpt``, ``normalize.ckpt`` and ``tokenizer.ckpt`` (the SentencePiece
-model); load it with ``dld_brain.inference.DynamicDepthASR.from_hparams(source=...)``. Paths inside are relative to the folder,
-so the bundle can be moved or uploaded as is.
+``<output_folder>/inference/`` holds ``inference.yaml`` (features, normalisation, model, and a SpeechBrain
+``Pretrainer``), ``model.ckpt``, ``normalize.ckpt`` and, for a CTC model, ``tokenizer.ckpt`` (the SentencePiece
+model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label encoder; SpeechBrain's Pretrainer
+looks for ``<name>.ckpt``). Load it with
+``dld_brain.inference.DynamicDepthASR.from_hparams(source=...)`` (transcription) or
+``DynamicDepthClassifier`` (intent classification). Paths inside are relative to the folder, so the bundle
+can be moved or uploaded as is.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import torch
 INFERENCE_YAML = "inference.yaml"
 
 _TEMPLATE = """# Inference bundle written by dld_brain.export: load with
-#   from dld_brain.inference import DynamicDepthASR
-#   asr = DynamicDepthASR.from_hparams(source="<this folder>")
-#   asr.transcribe_file("a.wav", depth=3)
+#   from dld_brain.inference import {interface}
+#   model = {interface}.from_hparams(source="<this folder>")
+#   model.{call}("a.wav", depth=3)
 sample_rate: {sample_rate}
 blank_index: {blank_index}
 method: {method}
@@ -34,10 +37,10 @@ compute_features: !new:speechbrain.lobes.features.Fbank
 normalize: !new:speechbrain.processing.features.InputNormalization
     norm_type: {norm_type}
 
-model: !new:dld_brain.lobes.ConformerCTC
+model: !new:{model_class}
 {model_args}
 
-tokenizer: !new:sentencepiece.SentencePieceProcessor
+{output_key}: !new:{output_class}
 
 modules:
     model: !ref <model>
@@ -47,16 +50,32 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     loadables:
         model: !ref <model>
         normalize: !ref <normalize>
-        tokenizer: !ref <tokenizer>
+        {output_key}: !ref <{output_key}>
     paths:
         model: model.ckpt
         normalize: normalize.ckpt
-        tokenizer: tokenizer.ckpt
+        {output_key}: {output_file}
 """
 
+#: What maps model outputs to text or labels, per kind of model: (YAML key, class, file in the bundle).
+_OUTPUTS = {
+    "ctc": ("tokenizer", "sentencepiece.SentencePieceProcessor", "tokenizer.ckpt", "DynamicDepthASR",
+            "transcribe_file"),
+    "classifier": ("label_encoder", "speechbrain.dataio.encoder.CategoricalEncoder", "label_encoder.ckpt",
+                   "DynamicDepthClassifier", "classify_file"),
+}
 
-def inference_yaml(hparams: dict, model_config: dict) -> str:
-    """The text of ``inference.yaml`` for a model trained with ``hparams``."""
+
+def model_kind(model: torch.nn.Module) -> str:
+    """``classifier`` for an utterance classifier (has a ``classifier`` head), else ``ctc``."""
+    return "classifier" if hasattr(model, "classifier") and hasattr(model, "num_classes") else "ctc"
+
+
+def inference_yaml(hparams: dict, model_config: dict, model_class: str = "dld_brain.lobes.ConformerCTC",
+                   kind: str = "ctc") -> str:
+    """The text of ``inference.yaml`` for a model of ``model_class`` (``kind``: ctc / classifier) trained
+    with ``hparams``."""
+    output_key, output_class, output_file, interface, call = _OUTPUTS[kind]
     fbank = hparams["compute_features"]
     stft = fbank.compute_STFT
     rate = stft.sample_rate
@@ -65,19 +84,24 @@ def inference_yaml(hparams: dict, model_config: dict) -> str:
     return _TEMPLATE.format(
         sample_rate=rate, blank_index=hparams.get("blank_index", 0), method=hparams.get("method", "model"),
         n_fft=stft.n_fft, win_ms=round(stft.win_length * 1000 / rate, 3), hop_ms=round(stft.hop_length * 1000 / rate, 3),
-        n_mels=fbank.compute_fbanks.n_mels, norm_type=hparams["normalize"].norm_type, model_args=args)
+        n_mels=fbank.compute_fbanks.n_mels, norm_type=hparams["normalize"].norm_type, model_args=args,
+        model_class=model_class, output_key=output_key, output_class=output_class, output_file=output_file,
+        interface=interface, call=call)
 
 
-def write_inference_bundle(hparams: dict, modules: dict, tokenizer_file: Union[str, Path],
+def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[str, Path],
                            folder: Union[str, Path]) -> Path:
-    """Write the bundle for the weights currently in ``modules`` (load the checkpoint to export first)."""
+    """Write the bundle for the weights currently in ``modules`` (load the checkpoint to export first);
+    ``output_map_file`` is the SentencePiece model (CTC) or the saved label encoder (classifier)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = modules["model"]
-    (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, model.config))
+    kind = model_kind(model)
+    model_class = f"{type(model).__module__}.{type(model).__qualname__}"
+    (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, model.config, model_class, kind))
     torch.save(model.state_dict(), folder / "model.ckpt")
     modules["normalize"]._save(folder / "normalize.ckpt")
-    shutil.copyfile(tokenizer_file, folder / "tokenizer.ckpt")  # SentencePiece model
+    shutil.copyfile(output_map_file, folder / _OUTPUTS[kind][2])
     return folder
 
 

@@ -1,9 +1,12 @@
-"""Transcription with a trained dynamic-depth model at a depth chosen per call, or under a budget.
+"""Using a trained dynamic-depth model at a depth chosen per call, or under a budget: transcription
+(:class:`DynamicDepthASR`) and utterance classification / intents (:class:`DynamicDepthClassifier`).
 
 >>> asr = DynamicDepthASR.from_hparams(source="results/fsdd/dld/inference")  # doctest: +SKIP
 >>> asr.transcribe_file("digits.wav", depth=3)                              # doctest: +SKIP
 >>> asr.profile()                      # measure latency per depth once     # doctest: +SKIP
 >>> asr.transcribe_file("digits.wav", max_latency_ms=20)                    # doctest: +SKIP
+>>> slu = DynamicDepthClassifier.from_hparams(source="results/speech_to_intent/dld/inference")  # doctest: +SKIP
+>>> slu.classify_file("order.flac", depth=2)       # -> ("latte", 0.93)     # doctest: +SKIP
 
 Any sample rate is resampled, stereo is averaged; unreadable, too short or silent audio raises
 :class:`InferenceInputError` naming the file.
@@ -37,11 +40,11 @@ class BudgetError(ValueError):
     """No depth fits the requested budget; the message gives the cheapest option."""
 
 
-class DynamicDepthASR(Pretrained):
-    """A trained conformer CTC model whose depth is chosen per call (``depth``, ``layers``) or by budget
-    (``max_params``, ``max_latency_ms`` with a profile from :meth:`profile`)."""
+class DynamicDepthModel(Pretrained):
+    """What every dynamic-depth interface shares: loading a bundle, depth / layer / budget resolution, the
+    latency profile, audio reading with clear errors, and batching of files. Subclasses add the outputs."""
 
-    HPARAMS_NEEDED = ["compute_features", "tokenizer", "blank_index", "sample_rate"]
+    HPARAMS_NEEDED = ["compute_features", "sample_rate"]
     MODULES_NEEDED = ["model", "normalize"]
     min_seconds = 0.1
     silence_peak = 1e-4
@@ -130,22 +133,17 @@ class DynamicDepthASR(Pretrained):
         self._profile = json.loads(path.read_text())
         return self._profile
 
-    # --------------------------------------------------------------- transcription
+    # --------------------------------------------------------------- audio
     def _features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
         feats = self.hparams.compute_features(wavs)
         return self.mods.normalize(feats, wav_lens)
 
-    def transcribe_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor, depth: Optional[int] = None,
-                         layers: Optional[Sequence[int]] = None, max_params: Optional[int] = None,
-                         max_latency_ms: Optional[float] = None) -> list[str]:
-        """Greedy CTC transcripts of a padded batch (B, T) at ``sample_rate`` with relative lengths."""
-        run = self.layers_for(depth, layers, max_params, max_latency_ms)
+    def _log_probs(self, wavs: torch.Tensor, wav_lens: torch.Tensor, **depth_options) -> torch.Tensor:
+        """The model's log-probabilities for a padded batch at the resolved depth (no gradient)."""
+        run = self.layers_for(**depth_options)
         wavs, wav_lens = wavs.to(self.device).float(), wav_lens.to(self.device).float()
         with torch.no_grad():
-            feats = self._features(wavs, wav_lens)
-            log_probs = self.mods.model(feats, wav_lens, layers=run)
-            hyps = sb.decoders.ctc_greedy_decode(log_probs, wav_lens, blank_id=self.hparams.blank_index)
-        return [self.hparams.tokenizer.decode_ids([int(i) for i in h]) for h in hyps]
+            return self.mods.model(self._features(wavs, wav_lens), wav_lens, layers=run)
 
     def read_audio(self, path: Union[str, Path]) -> torch.Tensor:
         """Mono waveform at the model's rate; InferenceInputError for unreadable, too short or silent audio."""
@@ -160,6 +158,33 @@ class DynamicDepthASR(Pretrained):
             raise InferenceInputError(f"{path} is silent (peak {sig.abs().max():.1e}): nothing to transcribe")
         return sig
 
+    def padded_batches(self, paths: Sequence[Union[str, Path]], batch_size: int):
+        """Yield (wavs (B, T), relative lengths (B,)) for consecutive groups of ``batch_size`` files."""
+        for i in range(0, len(paths), batch_size):
+            sigs = [self.read_audio(p) for p in paths[i:i + batch_size]]
+            longest = max(s.numel() for s in sigs)
+            batch = torch.zeros(len(sigs), longest)
+            for j, s in enumerate(sigs):
+                batch[j, : s.numel()] = s
+            yield batch, torch.tensor([s.numel() / longest for s in sigs])
+
+
+class DynamicDepthASR(DynamicDepthModel):
+    """A trained conformer CTC model whose depth is chosen per call (``depth``, ``layers``) or by budget
+    (``max_params``, ``max_latency_ms`` with a profile from :meth:`profile`)."""
+
+    HPARAMS_NEEDED = ["compute_features", "tokenizer", "blank_index", "sample_rate"]
+
+    def transcribe_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor, depth: Optional[int] = None,
+                         layers: Optional[Sequence[int]] = None, max_params: Optional[int] = None,
+                         max_latency_ms: Optional[float] = None) -> list[str]:
+        """Greedy CTC transcripts of a padded batch (B, T) at ``sample_rate`` with relative lengths."""
+        log_probs = self._log_probs(wavs, wav_lens, depth=depth, layers=layers, max_params=max_params,
+                                    max_latency_ms=max_latency_ms)
+        hyps = sb.decoders.ctc_greedy_decode(log_probs, wav_lens.to(log_probs.device).float(),
+                                             blank_id=self.hparams.blank_index)
+        return [self.hparams.tokenizer.decode_ids([int(i) for i in h]) for h in hyps]
+
     def transcribe_file(self, path: Union[str, Path], **depth_options) -> str:
         """Transcript of one audio file (any format soundfile reads, any rate, mono or stereo)."""
         sig = self.read_audio(path)
@@ -169,12 +194,66 @@ class DynamicDepthASR(Pretrained):
                          **depth_options) -> list[str]:
         """Transcripts of several files, batched (padding handled with relative lengths)."""
         out = []
-        for i in range(0, len(paths), batch_size):
-            sigs = [self.read_audio(p) for p in paths[i:i + batch_size]]
-            longest = max(s.numel() for s in sigs)
-            batch = torch.zeros(len(sigs), longest)
-            for j, s in enumerate(sigs):
-                batch[j, : s.numel()] = s
-            lens = torch.tensor([s.numel() / longest for s in sigs])
+        for batch, lens in self.padded_batches(paths, batch_size):
             out += self.transcribe_batch(batch, lens, **depth_options)
         return out
+
+
+class DynamicDepthClassifier(DynamicDepthModel):
+    """A trained conformer utterance classifier (spoken intents) whose depth is chosen per call or by
+    budget, exactly as for :class:`DynamicDepthASR`; outputs (label, probability) pairs."""
+
+    HPARAMS_NEEDED = ["compute_features", "label_encoder", "sample_rate"]
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file: str = INFERENCE_YAML, savedir=None, **kwargs):
+        """Load a classifier bundle; its label encoder must have one label per model output."""
+        slu = super().from_hparams(source, hparams_file=hparams_file, savedir=savedir, **kwargs)
+        found, expected = len(slu.hparams.label_encoder), slu.mods.model.num_classes
+        if found != expected:
+            raise InferenceInputError(
+                f"{source}: the label encoder (label_encoder.ckpt) has {found} labels but the model has {expected} "
+                "outputs: copy the training run's label encoder into the bundle (or re-export it)")
+        return slu
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in index order."""
+        encoder = self.hparams.label_encoder
+        return [str(encoder.ind2lab[i]) for i in range(len(encoder))]
+
+    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor, depth: Optional[int] = None,
+                       layers: Optional[Sequence[int]] = None, max_params: Optional[int] = None,
+                       max_latency_ms: Optional[float] = None) -> tuple[list[str], torch.Tensor]:
+        """Predicted labels of a padded batch and the class probabilities (B, num_classes)."""
+        probs = self._log_probs(wavs, wav_lens, depth=depth, layers=layers, max_params=max_params,
+                                max_latency_ms=max_latency_ms).exp()
+        names = self.labels
+        return [names[int(i)] for i in probs.argmax(dim=-1)], probs
+
+    def classify_file(self, path: Union[str, Path], **depth_options) -> tuple[str, float]:
+        """(label, probability) of one audio file (any format soundfile reads, any rate, mono or stereo)."""
+        sig = self.read_audio(path)
+        labels, probs = self.classify_batch(sig.unsqueeze(0), torch.ones(1), **depth_options)
+        return labels[0], float(probs[0].max())
+
+    def classify_files(self, paths: Sequence[Union[str, Path]], batch_size: int = 8,
+                       **depth_options) -> list[tuple[str, float]]:
+        """(label, probability) of several files, batched."""
+        out = []
+        for batch, lens in self.padded_batches(paths, batch_size):
+            labels, probs = self.classify_batch(batch, lens, **depth_options)
+            out += [(label, float(p.max())) for label, p in zip(labels, probs)]
+        return out
+
+
+def load_bundle(source: Union[str, Path], **kwargs) -> DynamicDepthModel:
+    """Load a local bundle with the interface its ``inference.yaml`` was written for: a classifier bundle
+    (with ``label_encoder``) as :class:`DynamicDepthClassifier`, otherwise :class:`DynamicDepthASR`."""
+    yaml_file = Path(source) / INFERENCE_YAML
+    if not yaml_file.is_file():
+        raise InferenceInputError(f"{source} is not an inference bundle (no {INFERENCE_YAML}): point at "
+                                  "<run output folder>/inference")
+    is_classifier = any(line.startswith("label_encoder:") for line in yaml_file.read_text().splitlines())
+    cls = DynamicDepthClassifier if is_classifier else DynamicDepthASR
+    return cls.from_hparams(source=source, **kwargs)

@@ -20,8 +20,9 @@ from speechbrain.utils.distributed import run_on_main
 from dld_brain.data.fsc import check_known_labels
 from dld_brain.data.manifest import DataPrepError, read_manifest
 from dld_brain.dataio import _as_int, load_audio
+from dld_brain.export import write_inference_bundle
 from dld_brain.hparams import HparamsError
-from dld_brain.recipe import check_depth_options, fit_and_sweep, setup_experiment
+from dld_brain.recipe import check_depth_options, evaluation_tag, fit_and_sweep, setup_experiment
 from dld_brain.slu_brain import DynamicDepthClassifierBrain
 from dld_brain.validation import audio_problem, report_problems
 
@@ -154,7 +155,8 @@ def run_slu_recipe(argv: Sequence[str], prepare: Callable[[dict], object]) -> Op
 
     Steps: depth-option checks, data preparation (main process), label encoder, training (unless
     ``skip_training``), and the depth sweep of the accuracy on every test set: ``depth_sweep_<set>.csv/.md``
-    and ``accuracy_<set>_n<k>.txt`` (class-wise accuracy, confusions, per-utterance predictions).
+    and ``accuracy_<set>_n<k>.txt`` (class-wise accuracy, confusions, per-utterance predictions), then the
+    inference bundle ``<output_folder>/inference/`` (load with ``dld_brain.inference.DynamicDepthClassifier``).
     """
     hparams, run_opts, _ = setup_experiment(argv)
     check_depth_options(hparams)  # before any data preparation or training
@@ -169,4 +171,9 @@ def run_slu_recipe(argv: Sequence[str], prepare: Callable[[dict], object]) -> Op
     brain.label_encoder = label_encoder
     # The checkpoints carry meta "accuracy" (and "WER" = error rate): the best one is the most accurate.
     fit_and_sweep(brain, datasets, hparams, metric="accuracy", max_key="accuracy")
+    if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
+        bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
+                                        hparams["label_encoder_file"],
+                                        Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")
+        logger.info("Inference bundle: %s (load with dld_brain.inference.DynamicDepthClassifier)", bundle)
     return brain

@@ -1,11 +1,12 @@
-"""Command line: transcribe audio files with a trained dynamic-depth model at a chosen depth or budget.
+"""Command line: transcribe (or, with an intent classifier's bundle, classify) audio files with a trained
+dynamic-depth model at a chosen depth or budget.
 
   python -m dld_brain.transcribe --model results/fsdd/dld/inference --depth 3 a.wav b.flac
   python -m dld_brain.transcribe --model DIR --budget-ms 15 *.wav     # deepest depth within 15 ms
   python -m dld_brain.transcribe --model DIR --profile                 # measure latency per depth
 
-Prints ``<file>\\t<transcript>`` per file; a file that cannot be read is reported on stderr and the
-others are still transcribed (exit status 1 if any failed).
+Prints ``<file>\\t<transcript>`` per file (``<file>\\t<label>\\t<probability>`` for a classifier); a file
+that cannot be read is reported on stderr and the others are still processed (exit status 1 if any failed).
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ def main(argv=None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
     from dld_brain.gates import DepthError
-    from dld_brain.inference import BudgetError, DynamicDepthASR, InferenceInputError
+    from dld_brain.inference import BudgetError, DynamicDepthClassifier, InferenceInputError, load_bundle
 
-    asr = DynamicDepthASR.from_hparams(source=args.model, run_opts={"device": args.device})
+    try:
+        asr = load_bundle(args.model, run_opts={"device": args.device})
+    except InferenceInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.profile:
         for row in asr.profile()["depths"]:
             print(f"depth {row['depth']}: {row['latency_ms']:.2f} ms, {row['encoder_params']} encoder parameters")
@@ -58,7 +63,11 @@ def main(argv=None) -> int:
     failed = 0
     for path in tqdm(args.files, disable=len(args.files) < 5, file=sys.stderr, unit="file"):
         try:
-            text = asr.transcribe_file(path, layers=layers)
+            if isinstance(asr, DynamicDepthClassifier):
+                label, prob = asr.classify_file(path, layers=layers)
+                text = f"{label}\t{prob:.3f}"
+            else:
+                text = asr.transcribe_file(path, layers=layers)
         except InferenceInputError as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1

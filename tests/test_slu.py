@@ -36,7 +36,7 @@ CROP_S = 3.0  # keep the first seconds of each order: enough to exercise the pip
 
 #: Command-line overrides that shrink the (paper-sized) FSC recipe to seconds.
 TINY_SLU = ["--num_layers=3", "--d_model=32", "--nhead=2", "--d_ffn=64", "--kernel_size=3", "--n_mels=40",
-            "--number_of_epochs=1", "--batch_size=8", "--num_classes=3", "--device=cpu"]
+            "--number_of_epochs=1", "--batch_size=8", "--num_classes=3", "--device=cpu", "--valid_depths=all"]
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -92,8 +92,11 @@ def load_recipe():
 
 
 def fsc_args(method, root, data_folder, *extra):
+    """Command line of a tiny run; an option in ``extra`` replaces the TINY_SLU one of the same key."""
+    keys = {e.split("=")[0] for e in extra}
+    tiny = [t for t in TINY_SLU if t.split("=")[0] not in keys]
     return [str(HP / f"{method}.yaml"), f"--experiment_root={root}", f"--data_folder={data_folder}",
-            "--fallback_data_folders=[]", *TINY_SLU, *extra]
+            "--fallback_data_folders=[]", *tiny, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +275,46 @@ def test_comparison_of_accuracy(trained, tmp_path):
     assert (tmp_path / "comparison_test.png").stat().st_size > 1000
 
 
+# ------------------------------------------------------------------------------------------ inference
+def test_classifier_bundle_round_trip_at_every_depth(trained):
+    """The bundle the recipe wrote gives the recipe model's own probabilities, file by file, at every depth."""
+    import speechbrain as sb
+
+    from dld_brain.inference import DynamicDepthClassifier, load_bundle
+
+    root, _, dld = trained
+    slu = load_bundle(root / "dld" / "inference")
+    assert isinstance(slu, DynamicDepthClassifier)
+    assert slu.labels == [f"bring_{d}_none" for d in DRINKS]
+    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:4]
+    dld.model.eval()
+    for depth in (1, 2, 3):
+        got = slu.classify_files(wavs, batch_size=1, depth=depth)
+        for wav, (label, prob) in zip(wavs, got):
+            sig = torch.from_numpy(soundfile.read(wav, dtype="float32")[0]).unsqueeze(0)
+            batch = type("B", (), {"sig": (sig, torch.ones(1))})()
+            feats, lens = dld.compute_features(batch, sb.Stage.TEST)
+            with dld.model.encoder.at_depth(depth), torch.no_grad():
+                probs = dld.model(feats, lens)[0].exp()
+            assert label == slu.labels[int(probs.argmax())]
+            assert math.isclose(prob, float(probs.max()), rel_tol=1e-4)
+    label, prob = slu.classify_file(wavs[0], depth=3)  # one file alone = its entry in the batched call
+    assert label == got[0][0] and math.isclose(prob, got[0][1], rel_tol=1e-4)
+
+
+def test_classifier_cli_prints_label_and_probability(trained):
+    root, _, _ = trained
+    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:2]
+    out = subprocess.run([sys.executable, "-m", "dld_brain.transcribe", "--model", str(root / "dld" / "inference"),
+                          "--depth", "2", *wavs], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == wavs
+    for line in lines:
+        _, label, prob = line.split("\t")
+        assert label in {f"bring_{d}_none" for d in DRINKS} and 0.0 < float(prob) <= 1.0
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 def test_unknown_intent_in_test_csv_is_named(tmp_path, s2i_dir, capsys):
     dataset = build_fsc(tmp_path / "data", s2i_dir)
@@ -328,5 +371,7 @@ def test_num_classes_must_match_the_training_labels(trained, fsc_corpus, tmp_pat
     root, _, _ = trained
     code, err = guarded_run([str(HP / "teacher.yaml"), f"--experiment_root={tmp_path}",
                              f"--prep_folder={root / 'prepared'}", f"--data_folder={fsc_corpus}",
-                             "--fallback_data_folders=[]", *TINY_SLU[:-2], "--num_classes=4", "--device=cpu"], capsys)
+                             "--fallback_data_folders=[]",
+                             *[t for t in TINY_SLU if not t.startswith("--num_classes=")], "--num_classes=4"],
+                            capsys)
     assert code == 2 and "has 3 intent labels but num_classes is 4" in err
