@@ -240,13 +240,14 @@ class SelectiveDepthModel(torch.nn.Module):
             return run_grouped(self.backbone, x, pad_mask, masks)
         return self.backbone.run_layers(x, pad_mask, gates=masks)
 
-    def forward(self, feats: torch.Tensor, lens: torch.Tensor, k: Budget,
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor, k: Budget, relaxed: Optional[bool] = None,
                 generator: Optional[torch.Generator] = None):
-        """(log_probs, logits, gates); relaxed gates in training, exact top-k masks otherwise."""
+        """(log_probs, logits, gates): relaxed gates if ``relaxed`` (default: in training mode), else exact
+        top-k masks."""
         x, pad_mask = self.backbone.embed(feats, lens)
         k = budget_tensor(k, x.shape[0], self.num_layers, x.device)
         logits = self.selector(x, pad_mask, k)
-        if self.training:
+        if self.training if relaxed is None else relaxed:
             gates = relaxed_gates(logits, k, self.relaxation, self.tau, generator)
             hidden = self.backbone.run_layers(x, pad_mask, gates=gates)
         else:
