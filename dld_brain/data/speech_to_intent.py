@@ -15,12 +15,20 @@ else it is empty. Manifests: ``train/valid/test.csv`` with ``ID, duration, wav, 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import random
+import shutil
+import tempfile
+import urllib.request
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
+
+import numpy as np
+import soundfile
 
 from dld_brain.data.fsc import SLU_FIELDS, SPLITS
 from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, write_manifest
@@ -31,22 +39,118 @@ LABEL_COLUMN = "coffeeDrink"
 TRANSCRIPTS = "whisper_tiny_en_transcripts.tsv"
 UNKNOWN_SPEAKER = "unknown"
 PREP_VERSION = 1
+#: The public release (Apache-2.0) at the commit our local copy was made from.
+S2I_COMMIT = "47b1ca63afe4f08cb83e1f70fec16764879bd130"
+S2I_URL = f"https://github.com/Picovoice/speech-to-intent-benchmark/archive/{S2I_COMMIT}.zip"
+SLOT_COLUMNS = ("coffeeDrink", "size", "roast", "numberOfShots", "milkAmount", "sugarAmount")
+
+
+def trim_span(sig: np.ndarray, sample_rate: int, threshold_db: float = -30.0, margin_s: float = 0.3,
+              frame_s: float = 0.01) -> tuple[int, int]:
+    """(start, stop) samples keeping the speech: frames whose RMS is within ``threshold_db`` of the loudest
+    frame, widened by ``margin_s`` each side (the rule our local copy was trimmed with; see SOURCE.md)."""
+    frame = max(1, int(frame_s * sample_rate))
+    n = len(sig) // frame
+    if n == 0:
+        return 0, len(sig)
+    rms = np.sqrt(np.mean(sig[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1)) + 1e-12
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) >= threshold_db)
+    margin = int(margin_s * sample_rate)
+    return max(0, loud[0] * frame - margin), min(len(sig), (loud[-1] + 1) * frame + margin)
+
+
+def build_from_release(release: Path, target: Path) -> int:
+    """Turn an extracted release (``data/speech/clean/*.wav`` + ``data/label/label.json``) into our layout:
+    ``target/audio/<id>.flac`` (silence-trimmed, see :func:`trim_span`) and ``target/labels.csv``.
+    Labels whose audio is missing are dropped with a warning. Returns the number of orders written."""
+    labels = json.loads((release / "data" / "label" / "label.json").read_text())
+    (target / "audio").mkdir(parents=True, exist_ok=True)
+    rows, missing = [], []
+    for name, label in sorted(labels.items()):
+        wav = release / "data" / "speech" / "clean" / name
+        if not wav.is_file():
+            missing.append(name)
+            continue
+        utt = Path(name).stem
+        sig, rate = soundfile.read(str(wav), dtype="float32")
+        if sig.ndim > 1:
+            sig = sig.mean(axis=1)
+        start, stop = trim_span(sig, rate)
+        soundfile.write(str(target / "audio" / f"{utt}.flac"), sig[start:stop], rate, format="FLAC")
+        slots = {k: str(v).strip() for k, v in (label.get("slots") or {}).items()}
+        rows.append({"id": utt, "path": f"audio/{utt}.flac", "duration": f"{(stop - start) / rate:.3f}",
+                     "trim_start_s": f"{start / rate:.3f}", "trim_end_s": f"{stop / rate:.3f}",
+                     "intent": label.get("intent", ""), **{c: slots.get(c, "") for c in SLOT_COLUMNS}})
+    if missing:
+        logger.warning("%d labelled orders have no audio in the release and were dropped: %s", len(missing),
+                       missing[:10])
+    if not rows:
+        raise DataPrepError(f"{release} holds no labelled audio under data/speech/clean")
+    fields = ["id", "path", "duration", "trim_start_s", "trim_end_s", "intent", *SLOT_COLUMNS]
+    with open(target / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+def download_speech_to_intent(data_folder: str | os.PathLike, url: str = S2I_URL) -> Path:
+    """Download the Picovoice release archive and build ``data_folder/{labels.csv,audio/}`` from it.
+
+    Works in a hidden temp folder and renames at the end, so a killed download never looks complete.
+    """
+    data_folder = Path(data_folder).absolute()
+    if (data_folder / "labels.csv").exists() or (data_folder / "audio").exists():
+        raise DataPrepError(f"{data_folder} holds a partial copy (labels.csv or audio/ without the other); "
+                            "remove it or pass another --data_folder")
+    data_folder.mkdir(parents=True, exist_ok=True)
+    logger.info("Downloading the Speech-to-Intent benchmark from %s into %s", url, data_folder)
+    tmp = Path(tempfile.mkdtemp(dir=data_folder, prefix=".s2i_download_"))
+    try:
+        archive = tmp / "release.zip"
+        urllib.request.urlretrieve(url, str(archive))
+        with zipfile.ZipFile(archive) as zf:  # members: speech-to-intent-benchmark-<commit>/data/...
+            wanted = [m for m in zf.namelist()
+                      if m.split("/")[1:4] == ["data", "speech", "clean"] or m.endswith("data/label/label.json")]
+            zf.extractall(tmp / "x", wanted)
+        releases = [p for p in (tmp / "x").glob("*") if (p / "data" / "label" / "label.json").is_file()]
+        if not releases:
+            raise DataPrepError(f"the archive from {url} has no data/label/label.json")
+        built = tmp / "built"
+        count = build_from_release(releases[0], built)
+        os.replace(built / "audio", data_folder / "audio")
+        os.replace(built / "labels.csv", data_folder / "labels.csv")  # last: marks the copy complete
+        logger.info("Speech-to-Intent: %d orders written to %s", count, data_folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return data_folder
 
 
 def locate_speech_to_intent(
-    data_folder: str | os.PathLike, fallback_folders: Iterable[str | os.PathLike] = ()
+    data_folder: str | os.PathLike, fallback_folders: Iterable[str | os.PathLike] = (), download: bool = False,
+    url: str = S2I_URL,
 ) -> Path:
-    """The first of ``data_folder`` and ``fallback_folders`` holding ``labels.csv`` and ``audio/``."""
+    """The first of ``data_folder`` and ``fallback_folders`` holding ``labels.csv`` and ``audio/``; else,
+    with ``download``, the public release is downloaded into ``data_folder``."""
     candidates = [Path(data_folder).expanduser().absolute()]
     candidates += [Path(f).expanduser().absolute() for f in fallback_folders]
     for folder in candidates:
         if (folder / "labels.csv").is_file() and (folder / "audio").is_dir():
             logger.info("Using the Speech-to-Intent coffee orders in %s", folder)
             return folder
-    raise DataPrepError(
-        f"Speech-to-Intent coffee orders not found: no labels.csv + audio/ in {', '.join(map(str, candidates))}. "
-        "Pass --data_folder pointing at a copy (audio/<id>.flac + labels.csv, built from "
-        "github.com/Picovoice/speech-to-intent-benchmark data/speech/clean and data/label/label.json).")
+    looked = ", ".join(map(str, candidates))
+    advice = ("Pass --data_folder pointing at a copy (audio/<id>.flac + labels.csv, built from "
+              "github.com/Picovoice/speech-to-intent-benchmark data/speech/clean and data/label/label.json)")
+    if not download:
+        raise DataPrepError(f"Speech-to-Intent coffee orders not found: no labels.csv + audio/ in {looked}. "
+                            f"{advice}, or allow the download (download: True).")
+    try:
+        return download_speech_to_intent(candidates[0], url)
+    except DataPrepError:
+        raise
+    except Exception as err:
+        raise DataPrepError(f"Speech-to-Intent coffee orders not found in {looked}, and the download from {url} "
+                            f"failed ({type(err).__name__}: {err}). {advice}.") from err
 
 
 def read_labels(folder: Path) -> list[dict]:
@@ -125,13 +229,16 @@ def prepare_speech_to_intent(
     *,
     fallback_folders: Iterable[str | os.PathLike] = (),
     max_per_class: Optional[int] = None,
+    download: bool = False,
+    url: str = S2I_URL,
 ) -> dict[str, Path]:
     """Write ``train/valid/test.csv`` (ID, duration, wav, spk_id, wrd, intent = coffeeDrink) under ``save_folder``.
 
     ``max_per_class`` keeps only that many utterances per drink (quick runs and tests). Skips the work when
-    a finished prep with the same options is there. Returns ``{split: csv path}``.
+    a finished prep with the same options is there. With ``download``, a missing corpus is downloaded into
+    ``data_folder`` (see :func:`download_speech_to_intent`). Returns ``{split: csv path}``.
     """
-    folder = locate_speech_to_intent(data_folder, fallback_folders)
+    folder = locate_speech_to_intent(data_folder, fallback_folders, download, url)
     save_folder = Path(save_folder)
     csvs = {split: save_folder / f"{split}.csv" for split in SPLITS}
     labels_file = folder / "labels.csv"

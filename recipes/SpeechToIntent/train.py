@@ -22,6 +22,7 @@ def prepare(hparams: dict) -> None:
         hparams["data_folder"], hparams["prep_folder"], seed=hparams["data_seed"],
         valid_frac=hparams["valid_frac"], test_frac=hparams["test_frac"],
         fallback_folders=hparams["fallback_data_folders"], max_per_class=hparams["max_per_class"],
+        download=hparams["download"],
     )
 
 
