@@ -148,3 +148,44 @@ def test_impossible_budget_in_training_and_in_topk():
         relaxed_gates(torch.zeros(2, 4), 0)
     with pytest.raises(BudgetError, match=r"k=7 is impossible.*1\.\.6"):
         topk_mask(torch.zeros(2, 6), 7)
+
+
+# ---- the selector brain on real audio (tiny untrained backbone, one short epoch) ------------------------
+
+
+def test_selector_brain_trains_only_the_selector_on_real_audio(tmp_path, fsdd_dir):
+    import sys
+
+    from conftest import REPO, tiny
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from dld_brain.dataio import make_asr_datasets
+    from dld_brain.recipe import build_tokenizer, setup_experiment, train_loader_options
+    from dld_brain.selector_brain import SelectorCTCBrain
+
+    sys.path.insert(0, str(REPO / "recipes" / "FSDD"))
+    from train import prepare
+
+    args = [str(REPO / "hparams" / "fsdd" / "selector.yaml"), f"--experiment_root={tmp_path}",
+            f"--data_folder={fsdd_dir}", f"--backbone_checkpoint={tmp_path / 'backbone'}",
+            *tiny(takes_per_digit=1, num_layers=3), "--valid_budgets=[1,3]", "--check_audio=off"]
+    hparams, run_opts, _ = setup_experiment(args)
+    prepare(hparams)
+    hparams["tokenizer"] = build_tokenizer(hparams)
+    datasets = make_asr_datasets(hparams, hparams["tokenizer"])
+    # an (untrained) backbone checkpoint, saved the way a recipe run saves it
+    backbone_state = {k: v.clone() for k, v in hparams["model"].state_dict().items()}
+    Checkpointer(tmp_path / "backbone" / "save", {"model": hparams["model"], "normalize": hparams["normalize"]}
+                 ).save_checkpoint(meta={"WER": 50.0})
+    selector_state = {k: v.clone() for k, v in hparams["selector"].state_dict().items()}
+    brain = SelectorCTCBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+                             run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
+              train_loader_kwargs=train_loader_options(hparams, datasets["train"]))
+    assert any(not torch.equal(v, hparams["selector"].state_dict()[k]) for k, v in selector_state.items())
+    assert all(torch.equal(v, hparams["model"].state_dict()[k]) for k, v in backbone_state.items())  # frozen
+    log = (tmp_path / "selector" / "train_log.txt").read_text()
+    assert "budget_loss" in log and "WER_n1" in log and "WER_n3" in log
+    assert brain.evaluate_at(datasets["test"], 2) >= 0.0
+    with pytest.raises(BudgetError, match=r"k=4 is impossible.*1\.\.3"):
+        brain.evaluate_at(datasets["test"], 4)
