@@ -171,6 +171,33 @@ class GatedWavLMEncoder(DynamicDepthMixin, torch.nn.Module):
         return per_layer, shared
 
 
+class WaveformNormalization(torch.nn.Module):
+    """Per-utterance zero mean / unit variance over the valid samples (padding stays 0), or identity.
+
+    Plays the role of the ``normalize`` module of the fbank recipes for raw-waveform backbones: set
+    ``normalize`` as the pretrained model expects (HF ``Wav2Vec2FeatureExtractor.do_normalize``).
+    """
+
+    def __init__(self, normalize: bool = True, eps: float = 1e-7):
+        super().__init__()
+        self.normalize = bool(normalize)
+        self.eps = eps
+
+    def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None, epoch=None) -> torch.Tensor:
+        """(B, S) waveforms and relative lengths -> normalised waveforms (same shape)."""
+        del epoch  # signature of speechbrain's InputNormalization
+        if not self.normalize:
+            return wavs
+        if lengths is None:
+            lengths = torch.ones(wavs.shape[0], device=wavs.device)
+        abs_len = torch.round(lengths * wavs.shape[1]).long().clamp(min=1)
+        mask = (torch.arange(wavs.shape[1], device=wavs.device)[None, :] < abs_len[:, None]).to(wavs.dtype)
+        n = mask.sum(1, keepdim=True)
+        mean = (wavs * mask).sum(1, keepdim=True) / n
+        var = ((wavs - mean) * mask).square().sum(1, keepdim=True) / n
+        return (wavs - mean) / torch.sqrt(var + self.eps) * mask
+
+
 class WavLMCTC(torch.nn.Module):
     """Gated WavLM backbone + linear CTC head: ``forward(wavs, wav_lens, layers=None)`` -> CTC log-probs.
 

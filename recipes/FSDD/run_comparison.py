@@ -4,6 +4,7 @@
 Each method is one run of recipes/FSDD/train.py with its hparams file (so any run can be repeated or
 resumed alone); the comparison table (WER per depth) and plot land in <experiment_root>/.
 Usage: python recipes/FSDD/run_comparison.py [--methods teacher rdsc rdld dld] [-- extra overrides]
+       python recipes/FSDD/run_comparison.py --family wavlm   # WavLM from scratch: teacher, rdsc, dld
 """
 
 import argparse
@@ -18,16 +19,27 @@ sys.path.insert(0, str(ROOT))
 from dld_brain.report import write_comparison  # noqa: E402
 
 METHODS = ("teacher", "rdsc", "rdld", "dld")
+#: model family -> (hparams folder, default experiment root, default methods)
+FAMILIES = {
+    "conformer": ("fsdd", "results/fsdd", list(METHODS)),
+    "wavlm": ("fsdd_wavlm", "results/fsdd_wavlm", ["teacher", "rdsc", "dld"]),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--experiment_root", default="results/fsdd")
-    parser.add_argument("--hparams_dir", default=str(ROOT / "hparams" / "fsdd"))
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="conformer",
+                        help="model family: sets the defaults of --hparams_dir, --experiment_root and --methods")
+    parser.add_argument("--methods", nargs="+", choices=METHODS)
+    parser.add_argument("--experiment_root")
+    parser.add_argument("--hparams_dir")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="after --: options passed to every train.py run, e.g. -- --number_of_epochs=2")
     args = parser.parse_args()
+    folder, root, methods = FAMILIES[args.family]
+    args.methods = args.methods or methods
+    args.experiment_root = args.experiment_root or root
+    args.hparams_dir = args.hparams_dir or str(ROOT / "hparams" / folder)
     extra = [a for a in args.extra if a != "--"]
     start = time.time()
     for i, method in enumerate(args.methods, 1):
