@@ -37,7 +37,8 @@ class CachedBatch:
 
 
 def cache_frontend(brain, dataset, batch_size: int = 32) -> list[CachedBatch]:
-    """Features -> backbone front-end for every utterance of ``dataset`` (eval mode, no grad)."""
+    """Features -> backbone front-end for every utterance of ``dataset`` (eval mode, no grad); ``brain`` is a
+    :class:`dld_brain.selector_brain.SelectorCTCBrain` (its ``selective.backbone`` runs the layers)."""
     loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=batch_size)
     brain.modules.eval()
     out = []
@@ -45,7 +46,7 @@ def cache_frontend(brain, dataset, batch_size: int = 32) -> list[CachedBatch]:
         for batch in loader:
             batch = batch.to(brain.device)
             feats, lens = brain.compute_features(batch, sb.Stage.TEST)
-            x, pad_mask = brain.model.embed(feats, lens)
+            x, pad_mask = brain.selective.backbone.embed(feats, lens)
             out.append(CachedBatch(list(batch.id), x, pad_mask, lens, [w.split() for w in batch.wrd]))
     return out
 
@@ -55,7 +56,7 @@ MaskFn = Callable[[CachedBatch], torch.Tensor]
 
 def wer_with_masks(brain, cached: Sequence[CachedBatch], mask_fn: MaskFn) -> tuple[float, torch.Tensor]:
     """WER (%) when each utterance runs the layers of its row of ``mask_fn(batch)``; also returns all masks."""
-    model = brain.model
+    model = brain.selective.backbone
     stats = ErrorRateStats()
     all_masks = []
     with torch.no_grad():
@@ -150,7 +151,7 @@ def measure_selector_latency(brain, selective: SelectiveDepthModel, dataset, bes
     """Median ms per budget k of: the best fixed pattern (front-end + k layers), the selector alone, and
     front-end + selector + k selected layers run grouped by layer set or masked on their union; for a batch
     of ``batch_size`` test utterances and for one utterance."""
-    model = brain.model
+    model = brain.selective.backbone
     brain.modules.eval()
     rows = []
     for size in (batch_size, 1):
@@ -164,7 +165,7 @@ def measure_selector_latency(brain, selective: SelectiveDepthModel, dataset, bes
                 return selective.run_masks(xx, pp, selective.select(xx, pp, k), execution)
 
             fns = {
-                "fixed_ms": lambda: model.encode(feats, lens, layers=best_layers[k]),
+                "fixed_ms": lambda: model.run_layers(*model.embed(feats, lens), layers=best_layers[k]),
                 "selector_only_ms": lambda: selective.selector(x, pad, k),
                 "grouped_ms": lambda: run_selected("grouped"),
                 "masked_ms": lambda: run_selected("masked"),

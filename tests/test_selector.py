@@ -189,3 +189,43 @@ def test_selector_brain_trains_only_the_selector_on_real_audio(tmp_path, fsdd_di
     assert brain.evaluate_at(datasets["test"], 2) >= 0.0
     with pytest.raises(BudgetError, match=r"k=4 is impossible.*1\.\.3"):
         brain.evaluate_at(datasets["test"], 4)
+
+
+# ---- the same selector on the gated WavLM lobe ------------------------------------------------------------
+
+TINY_WAVLM = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
+                  num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=32,
+                  hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                  final_dropout=0.0, mask_time_prob=0.0)
+
+
+def test_selector_on_tiny_wavlm():
+    pytest.importorskip("transformers")
+    from dld_brain.lobes.wavlm import WavLMCTC
+
+    torch.manual_seed(0)
+    backbone = WavLMCTC(vocab_size=8, config=TINY_WAVLM, head_dropout=0.0).eval()
+    model = SelectiveDepthModel(backbone, LayerSelector(32, 3, hidden_dim=16)).eval()
+    wavs = torch.randn(4, 3200)
+    lens = torch.tensor([1.0, 0.8, 0.6, 0.9])
+    with torch.no_grad():
+        x, pad = model.backbone.embed(wavs, lens)
+        for layers in ([0, 1, 2], [1], [0, 2]):  # the runner matches the lobe's own forward
+            ours = model.backbone.output(model.backbone.run_layers(x, pad, layers=layers))
+            assert torch.allclose(ours, backbone(wavs, lens, layers=layers), atol=ATOL)
+        budgets = [1, 2, 3, 2]
+        log_probs, _, masks = model(wavs, lens, budgets)
+        assert masks.sum(dim=1).long().tolist() == budgets
+        sets = masks_to_layer_sets(masks)
+        for b in range(4):
+            alone = backbone(wavs[b:b + 1], lens[b:b + 1], layers=list(sets[b]))
+            valid = int((~pad[b]).sum())
+            assert torch.allclose(log_probs[b, :valid], alone[0, :valid], atol=ATOL)
+    model.train()
+    model.backbone.requires_grad_(False)
+    log_probs, logits, _ = model(wavs, lens, 2)
+    (log_probs.sum() + budget_loss(logits, 2)).backward()
+    assert float(model.selector.mlp[-1].weight.grad.abs().sum()) > 0
+    with pytest.raises(BudgetError, match=r"1\.\.3"):
+        model(wavs, lens, 4)

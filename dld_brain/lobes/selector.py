@@ -197,6 +197,84 @@ def run_grouped(backbone, x: torch.Tensor, pad_mask: torch.Tensor, masks: torch.
     return out
 
 
+class WavLMLayerRunner(torch.nn.Module):
+    """The selector protocol (``embed`` / ``run_layers`` / ``output``) for :class:`dld_brain.lobes.wavlm.WavLMCTC`.
+
+    Follows :meth:`GatedWavLMEncoder.forward` step by step (feature encoder, projection, positional conv,
+    relative position bias shared by whatever layers run), with per-utterance gates added to the layer loop;
+    ``tests/test_selector.py`` checks that it matches the lobe's own forward at any layer list.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.encoder = model.encoder
+
+    def embed(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms -> transformer input (B, T, hidden) and padding mask (B, T, True=pad)."""
+        enc = self.encoder
+        wavlm = enc.wavlm
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not enc.freeze_feature_encoder):
+            extract = wavlm.feature_extractor(wavs).transpose(1, 2)
+        mask = enc.feature_mask(extract.shape[1], wavs, wav_lens)
+        hidden, _ = wavlm.feature_projection(extract)
+        hidden = wavlm._mask_hidden_states(hidden, attention_mask=mask)
+        if mask is not None:
+            hidden = hidden.masked_fill(~mask[..., None].bool(), 0.0)
+        hidden = hidden + wavlm.encoder.pos_conv_embed(hidden)
+        if not wavlm.config.do_stable_layer_norm:
+            hidden = wavlm.encoder.layer_norm(hidden)
+        hidden = wavlm.encoder.dropout(hidden)
+        if mask is None:
+            pad_mask = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        else:
+            pad_mask = ~mask.bool()
+        return hidden, pad_mask
+
+    def run_layers(self, x: torch.Tensor, pad_mask: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
+        """The transformer layers on :meth:`embed`'s output (one ``layers`` list or per-utterance ``gates``)."""
+        enc = self.encoder
+        wavlm = enc.wavlm
+        if gates is not None and layers is not None:
+            raise BudgetError("give either layers (one list for the batch) or gates (per utterance), not both")
+        if gates is not None:
+            if tuple(gates.shape) != (x.shape[0], enc.num_layers):
+                raise BudgetError(f"gates must have shape (batch, num_layers) = ({x.shape[0]}, {enc.num_layers}), "
+                                  f"got {tuple(gates.shape)}")
+            run = [int(i) for i in torch.nonzero(gates.detach().ne(0).any(dim=0)).flatten()]
+        else:
+            run = enc.active_layers(layers)
+        mask = ~pad_mask if enc.use_attention_mask else None
+        hidden = x
+        bias = enc.position_bias(hidden.shape[0], hidden.shape[1])
+        for i in run:
+            new, bias = enc.layers[i](hidden, attention_mask=mask, position_bias=bias, index=i)
+            if gates is not None:
+                g = gates[:, i].to(new.dtype)[:, None, None]
+                new = g * new + (1.0 - g) * hidden
+            hidden = new
+        if wavlm.config.do_stable_layer_norm:
+            hidden = wavlm.encoder.layer_norm(hidden)
+        if wavlm.adapter is not None:
+            hidden = wavlm.adapter(hidden)
+        return hidden
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """CTC head -> log-probabilities in float32."""
+        return torch.log_softmax(self.model.ctc_head(self.model.dropout(hidden)).float(), dim=-1)
+
+
+def layer_runner(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` itself if it implements the selector protocol (``embed``/``run_layers``/``output``), else an
+    adapter for a known lobe (WavLM CTC)."""
+    if all(hasattr(model, name) for name in ("embed", "run_layers", "output")):
+        return model
+    if hasattr(model, "encoder") and hasattr(model.encoder, "wavlm"):
+        return WavLMLayerRunner(model)
+    raise TypeError(f"{type(model).__name__} has no layer-wise execution: implement embed(inputs, lens) -> "
+                    "(x, pad_mask), run_layers(x, pad_mask, layers=None, gates=None) and output(hidden)")
+
+
 class SelectiveDepthModel(torch.nn.Module):
     """A layer-dropping backbone run with per-utterance layer sets chosen by a :class:`LayerSelector`.
 
@@ -215,7 +293,7 @@ class SelectiveDepthModel(torch.nn.Module):
         if selector.num_layers != backbone.encoder.num_layers:
             raise ValueError(f"selector has {selector.num_layers} outputs but the backbone has "
                              f"{backbone.encoder.num_layers} layers")
-        self.backbone = backbone
+        self.backbone = layer_runner(backbone)
         self.selector = selector
         self.relaxation = relaxation
         self.tau = float(tau)
