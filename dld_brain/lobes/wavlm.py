@@ -82,7 +82,8 @@ class GatedWavLMEncoder(DynamicDepthMixin, torch.nn.Module):
     Training: each layer skipped with ``drop_prob`` per batch (a private seeded generator, see
     :class:`dld_brain.gates.LayerDropSampler`); inference: :meth:`set_depth` / :meth:`at_depth` choose the
     layers. ``freeze_feature_encoder`` keeps the convolutional feature encoder fixed (no gradient).
-    Weights come from ``local_folder``, else ``config`` (random init), else the hub ``source``.
+    Weights come from ``local_folder``, else ``config`` (random init), else the hub ``source``;
+    ``num_layers``, when given, must match the loaded model (a check on the hparams).
     """
 
     def __init__(
@@ -97,9 +98,14 @@ class GatedWavLMEncoder(DynamicDepthMixin, torch.nn.Module):
         drop_prob: float = 0.5,
         gate_seed: int = 0,
         depth_policy: str = "even",
+        num_layers: Optional[int] = None,
     ):
         super().__init__()
         self.wavlm = build_wavlm(source, local_folder, config, config_overrides, cache_dir)
+        loaded = len(self.wavlm.encoder.layers)
+        if num_layers is not None and int(num_layers) != loaded:
+            raise WavLMLoadError(f"num_layers is {num_layers} but the WavLM from {local_folder or source or 'config'} "
+                                 f"has {loaded} transformer layers: set num_layers: {loaded}")
         self.wavlm.config.layerdrop = 0.0  # never consulted (we run the layers), but make it explicit
         self.freeze_feature_encoder = bool(freeze_feature_encoder)
         if self.freeze_feature_encoder:
@@ -150,7 +156,7 @@ class GatedWavLMEncoder(DynamicDepthMixin, torch.nn.Module):
         if not stable:
             hidden = encoder.layer_norm(hidden)
         hidden = encoder.dropout(hidden)
-        bias = self.position_bias(hidden.shape[0], hidden.shape[1])
+        bias = self.position_bias(hidden.shape[0], hidden.shape[1]) if run else None
         for i in run:
             hidden, bias = self.layers[i](hidden, attention_mask=mask, position_bias=bias, index=i)
         if stable:
@@ -222,6 +228,7 @@ class WavLMCTC(torch.nn.Module):
         drop_prob: float = 0.0,
         gate_seed: int = 0,
         depth_policy: str = "even",
+        num_layers: Optional[int] = None,
     ):
         super().__init__()
         if vocab_size < 2:
@@ -230,13 +237,13 @@ class WavLMCTC(torch.nn.Module):
                            config=dict(config) if config is not None else None,
                            config_overrides=dict(config_overrides or {}), freeze_feature_encoder=freeze_feature_encoder,
                            use_attention_mask=use_attention_mask, head_dropout=head_dropout, drop_prob=drop_prob,
-                           gate_seed=gate_seed, depth_policy=depth_policy)
+                           gate_seed=gate_seed, depth_policy=depth_policy, num_layers=num_layers)
         self.vocab_size = vocab_size
         self.encoder = GatedWavLMEncoder(
             source=source, local_folder=local_folder, config=config, config_overrides=config_overrides,
             cache_dir=cache_dir, freeze_feature_encoder=freeze_feature_encoder,
             use_attention_mask=use_attention_mask, drop_prob=drop_prob, gate_seed=gate_seed,
-            depth_policy=depth_policy)
+            depth_policy=depth_policy, num_layers=num_layers)
         self.dropout = torch.nn.Dropout(head_dropout)
         self.ctc_head = torch.nn.Linear(self.encoder.output_size, vocab_size)
 
