@@ -108,6 +108,19 @@ def test_transformers_layerdrop_is_disabled():
     assert calls == [0, 1, 2] * 5  # every layer runs every time: only our gates may skip
 
 
+def test_latent_time_and_channel_masking_in_training_only():
+    torch.manual_seed(0)
+    enc = GatedWavLMEncoder(config={**TINY_CONFIG, "hidden_dropout": 0.0, "attention_dropout": 0.0,
+                                    "activation_dropout": 0.0, "feat_proj_dropout": 0.0},
+                            config_overrides={"mask_time_prob": 0.5, "mask_time_length": 2, "mask_feature_prob": 0.3},
+                            drop_prob=0.0)
+    wavs, lens, _ = batch()
+    with torch.no_grad():
+        masked = enc.train()(wavs, lens)
+        clean = enc.eval()(wavs, lens)
+        assert not torch.allclose(masked, clean) and torch.equal(clean, enc(wavs, lens))
+
+
 # ---- truly skipped layers ------------------------------------------------------------------------
 
 

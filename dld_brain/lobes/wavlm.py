@@ -107,6 +107,8 @@ class GatedWavLMEncoder(DynamicDepthMixin, torch.nn.Module):
             raise WavLMLoadError(f"num_layers is {num_layers} but the WavLM from {local_folder or source or 'config'} "
                                  f"has {loaded} transformer layers: set num_layers: {loaded}")
         self.wavlm.config.layerdrop = 0.0  # never consulted (we run the layers), but make it explicit
+        if not hasattr(self.wavlm.config, "mask_feature_min_masks"):  # WavLMConfig lacks it, masking reads it
+            self.wavlm.config.mask_feature_min_masks = 0
         self.freeze_feature_encoder = bool(freeze_feature_encoder)
         if self.freeze_feature_encoder:
             self.wavlm.freeze_feature_encoder()
