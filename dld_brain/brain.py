@@ -12,8 +12,11 @@ DLD        0.5            teacher run         True               > 0
 =========  ============  ==================  =================  ==========
 
 DLD's objective is ``CTC(student) + kd_weight * KL(teacher || student)`` on frame-level CTC posteriors of a
-frozen teacher (see :mod:`dld_brain.losses`). The teacher lives outside ``self.modules``: SpeechBrain never
-puts it back in train mode, never checkpoints it and never wraps it in DDP.
+frozen teacher (see :mod:`dld_brain.losses`). With an ``askd`` object in the hparams (:mod:`dld_brain.askd`)
+the teacher term follows its curriculum (``kd_weight * w_teacher(t) * adaptive factor``) and a self-KD term
+``w_self(t) * KL(self || student)`` is added, its targets from the student's full-depth path or EMA copy.
+The teacher lives outside ``self.modules``: SpeechBrain never puts it back in train mode, never checkpoints
+it and never wraps it in DDP.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import torch
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 from speechbrain.utils.metric_stats import ErrorRateStats
 
+from dld_brain.askd import AgreementRule, top1_agreement
 from dld_brain.checkpointing import RandomState
 from dld_brain.faults import maybe_kill, nan_loss
-from dld_brain.losses import ctc_posterior_kl
+from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
 from dld_brain.teacher import load_teacher
 
 logger = logging.getLogger(__name__)
@@ -66,7 +70,7 @@ class DynamicDepthCTCBrain(sb.Brain):
     (feature normalisation); in ``hparams``: ``compute_features``, ``ctc_cost``, ``blank_index``,
     ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (list),
     ``lr_annealing``, ``valid_depths``, ``kd_weight``, ``kd_temperature``, ``kd_normalisation``,
-    ``teacher_checkpoint``, ``init_from_teacher``.
+    ``teacher_checkpoint``, ``init_from_teacher``, ``askd`` (:class:`dld_brain.askd.ASKD`).
     """
 
     def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
@@ -84,6 +88,14 @@ class DynamicDepthCTCBrain(sb.Brain):
         self.test_stats: dict = {}
         if self.hparams_get("teacher_checkpoint") and not self.hparams_get("skip_training", False):
             self._setup_teacher(self.hparams_get("teacher_checkpoint"))
+        self.askd = self.hparams_get("askd")
+        self._askd_w = (1.0, 0.0)
+        if self.askd is not None:
+            self.askd.attach(self.model)  # after init_from_teacher: the EMA copy starts from the student
+            if self.askd.ema is not None:
+                self.askd.ema.to(self.device)
+            if self.checkpointer is not None and "askd" not in self.checkpointer.recoverables:
+                self.checkpointer.add_recoverable("askd", self.askd)
         if self.checkpointer is not None:
             # Exact resumption: the gate sequence and the global RNGs continue where they stopped.
             for name, obj in (("gate_sampler", encoder.gate_sampler), ("random_state", RandomState())):
@@ -132,19 +144,47 @@ class DynamicDepthCTCBrain(sb.Brain):
         return feats, wav_lens
 
     def compute_forward(self, batch, stage):
-        """Student CTC log-posteriors, and in DLD training the frozen teacher's on the same features."""
+        """Student CTC log-posteriors, and in DLD training the frozen teacher's on the same features
+        (with ASKD also the self-KD targets, as a 4th element)."""
         batch = batch.to(self.device)
         feats, wav_lens = self.compute_features(batch, stage)
         log_probs = self.modules.model(feats, wav_lens)
-        teacher_log_probs = None
-        if stage == sb.Stage.TRAIN and self.teacher is not None:
+        teacher_log_probs, self_log_probs = self.distillation_targets(feats, wav_lens, stage)
+        if self.askd is None:
+            return log_probs, wav_lens, teacher_log_probs
+        return log_probs, wav_lens, teacher_log_probs, self_log_probs
+
+    def distillation_targets(self, feats, wav_lens, stage):
+        """(teacher, self-KD) output on ``feats`` for this training batch, None when unused; both without
+        gradient. Sets the batch's ASKD weights (teacher multiplier, self weight) in ``self._askd_w``."""
+        if stage != sb.Stage.TRAIN:
+            return None, None
+        teacher_out = self_out = None
+        need_teacher = self.teacher is not None
+        if self.askd is not None:
+            epoch = self.hparams.epoch_counter.current
+            self._askd_w = self.askd.weights(epoch)
+            raw_teacher = self.askd.teacher_schedule.at(epoch, self.askd.step)
+            # The teacher forward is skipped once its weight is 0 (kept for the agreement rule's measurement).
+            need_teacher = need_teacher and (self._askd_w[0] > 0 or (
+                isinstance(self.askd.adaptive, AgreementRule) and raw_teacher > 0))
+        if need_teacher:
             with torch.no_grad():
-                teacher_log_probs = self.teacher["model"](feats, wav_lens)
-        return log_probs, wav_lens, teacher_log_probs
+                teacher_out = self.teacher["model"](feats, wav_lens)
+        if self.askd is not None and self._askd_w[1] > 0:
+            with self.askd.target_model(self.model) as source:
+                encoder = getattr(source, "encoder", None)
+                if getattr(encoder, "num_layers", None) is not None:  # gated: the full-depth path
+                    self_out = source(feats, wav_lens, layers=list(range(encoder.num_layers)))
+                else:
+                    self_out = source(feats, wav_lens)
+        return teacher_out, self_out
 
     def compute_objectives(self, predictions, batch, stage):
-        """CTC (+ kd_weight * KL to the teacher in DLD training); WER bookkeeping outside training."""
-        log_probs, wav_lens, teacher_log_probs = predictions
+        """CTC (+ kd_weight * KL to the teacher in DLD training, + the ASKD terms when configured); WER
+        bookkeeping outside training."""
+        log_probs, wav_lens, teacher_log_probs, *rest = predictions
+        self_log_probs = rest[0] if rest else None
         tokens, tokens_lens = batch.tokens
         loss = self.hparams.ctc_cost(log_probs, tokens, wav_lens, tokens_lens)
         self._loss_parts["ctc"] += float(loss.detach())
@@ -155,7 +195,17 @@ class DynamicDepthCTCBrain(sb.Brain):
                 normalisation=self.hparams_get("kd_normalisation", "frames"),
             )
             self._loss_parts["kd"] += float(loss_kd.detach())
-            loss = loss + self.kd_weight * loss_kd
+            if self.askd is None:
+                loss = loss + self.kd_weight * loss_kd
+            else:
+                loss = loss + self.kd_weight * self._askd_w[0] * loss_kd
+                mask = valid_frame_mask(wav_lens, log_probs.shape[1])
+                self.askd.record(agreement=top1_agreement(log_probs, teacher_log_probs, mask))
+        if self_log_probs is not None:
+            loss_self = ctc_posterior_kl(log_probs, self_log_probs, wav_lens, temperature=self.askd.temperature,
+                                         normalisation=self.hparams_get("kd_normalisation", "frames"))
+            self.askd.record(self_kd_loss=float(loss_self.detach()))
+            loss = loss + self._askd_w[1] * loss_self
         self._loss_parts["batches"] += 1
         if stage == sb.Stage.TRAIN and nan_loss(self.step):
             loss = loss * float("nan")  # fault injection (tests only; see dld_brain.faults)
@@ -219,6 +269,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             if self.nonfinite_count:
                 stats["nonfinite_steps"] = self.nonfinite_count
+            self.askd_end_train(stats)
             self.train_stats = stats
             return
         wers = {d: m.summarize("error_rate") for d, m in self.wer_metrics.items()}
@@ -226,6 +277,8 @@ class DynamicDepthCTCBrain(sb.Brain):
             for depth, wer in wers.items():
                 stats["WER" if depth is None else f"WER_n{depth}"] = wer
             stats["WER"] = sum(wers.values()) / len(wers)
+            if self.askd is not None:
+                self.askd.end_valid_epoch(stats["WER"])  # before the checkpoint: its state is saved with it
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
@@ -243,6 +296,13 @@ class DynamicDepthCTCBrain(sb.Brain):
                 Path(self.wer_file).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.wer_file, "w") as handle:
                     self.wer_metrics[None].write_stats(handle)
+
+    def askd_end_train(self, stats: dict) -> None:
+        """Add the epoch's ASKD weights (means over its steps) to the training stats, then let the adaptive
+        rule see the finished epoch."""
+        if self.askd is not None:
+            stats.update(self.askd.epoch_stats())
+            self.askd.end_train_epoch()
 
     def check_loss_isfinite(self, loss):
         """A non-finite loss skips the step (its gradients are dropped) and is counted; past
@@ -305,4 +365,6 @@ class DynamicDepthCTCBrain(sb.Brain):
         self._skipped_step = False
         if should_step and annealing is not None and not skipped:
             annealing(self.optimizer)
+        if should_step and self.askd is not None and not skipped:
+            self.askd.after_batch(self.model)
         maybe_kill("after_step", self.step)

@@ -15,7 +15,8 @@ DLD        0.5            teacher run             True                > 0
 =========  ============  ======================  ==================  ============
 
 DLD's objective is ``NLL(student) + kd_weight * KL(teacher || student)`` on the utterance-level posteriors
-of the frozen teacher (:func:`dld_brain.losses.posterior_kl`, softened by ``kd_temperature``).
+of the frozen teacher (:func:`dld_brain.losses.posterior_kl`, softened by ``kd_temperature``). An ``askd``
+object in the hparams (:mod:`dld_brain.askd`) schedules the teacher term and adds self-KD, as for CTC.
 
 Metrics: accuracy and error rate (%) per validated depth; the checkpoint metadata keeps ``WER`` = error
 rate (mean over ``valid_depths``), so the inherited checkpoint selection and the teacher lookup (lowest
@@ -32,6 +33,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.metric_stats import ClassificationStats
 
+from dld_brain.askd import top1_agreement
 from dld_brain.brain import DynamicDepthCTCBrain
 from dld_brain.faults import nan_loss
 from dld_brain.losses import posterior_kl
@@ -49,19 +51,21 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
     label_encoder = None
 
     def compute_forward(self, batch, stage):
-        """Student log-posteriors (B, C), and in DLD training the frozen teacher's on the same features."""
+        """Student log-posteriors (B, C), and in DLD training the frozen teacher's on the same features
+        (with ASKD also the self-KD targets, as a 3rd element)."""
         batch = batch.to(self.device)
         feats, wav_lens = self.compute_features(batch, stage)
         log_probs = self.modules.model(feats, wav_lens)
-        teacher_log_probs = None
-        if stage == sb.Stage.TRAIN and self.teacher is not None:
-            with torch.no_grad():
-                teacher_log_probs = self.teacher["model"](feats, wav_lens)
-        return log_probs, teacher_log_probs
+        teacher_log_probs, self_log_probs = self.distillation_targets(feats, wav_lens, stage)
+        if self.askd is None:
+            return log_probs, teacher_log_probs
+        return log_probs, teacher_log_probs, self_log_probs
 
     def compute_objectives(self, predictions, batch, stage):
-        """NLL (+ kd_weight * KL to the teacher in DLD training); errors counted per depth outside training."""
-        log_probs, teacher_log_probs = predictions
+        """NLL (+ kd_weight * KL to the teacher in DLD training, + the ASKD terms when configured); errors
+        counted per depth outside training."""
+        log_probs, teacher_log_probs, *rest = predictions
+        self_log_probs = rest[0] if rest else None
         targets = batch.intent_encoded.data.reshape(-1).to(log_probs.device)
         loss = torch.nn.functional.nll_loss(log_probs, targets)
         self._loss_parts["nll"] += float(loss.detach())
@@ -69,7 +73,15 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
             loss_kd = posterior_kl(log_probs, teacher_log_probs,
                                    temperature=float(self.hparams_get("kd_temperature", 1.0)))
             self._loss_parts["kd"] += float(loss_kd.detach())
-            loss = loss + self.kd_weight * loss_kd
+            if self.askd is None:
+                loss = loss + self.kd_weight * loss_kd
+            else:
+                loss = loss + self.kd_weight * self._askd_w[0] * loss_kd
+                self.askd.record(agreement=top1_agreement(log_probs, teacher_log_probs))
+        if self_log_probs is not None:
+            loss_self = posterior_kl(log_probs, self_log_probs, temperature=self.askd.temperature)
+            self.askd.record(self_kd_loss=float(loss_self.detach()))
+            loss = loss + self._askd_w[1] * loss_self
         self._loss_parts["batches"] += 1
         if stage == sb.Stage.TRAIN and nan_loss(self.step):
             loss = loss * float("nan")  # fault injection (tests only; see dld_brain.faults)
@@ -113,6 +125,7 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
         if stage == sb.Stage.TRAIN:
             if self.nonfinite_count:
                 stats["nonfinite_steps"] = self.nonfinite_count
+            self.askd_end_train(stats)
             self.train_stats = stats
             return
         accs = {d: self._accuracy(m) for d, m in self.class_metrics.items()}
@@ -122,6 +135,8 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
                     stats[f"acc_n{depth}"] = round(acc, 2)
             stats["accuracy"] = sum(accs.values()) / len(accs)
             stats["error_rate"] = 100.0 - stats["accuracy"]
+            if self.askd is not None:
+                self.askd.end_valid_epoch(stats["error_rate"])
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
