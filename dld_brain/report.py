@@ -66,18 +66,19 @@ def plot_wer_vs_params(sweeps: pd.DataFrame, path: str | Path, test_set: str, me
     plt.close(fig)
 
 
-def write_comparison(csv_paths: Sequence[str | Path], output_folder: str | Path, metric: str = "WER") -> Path:
-    """Write ``comparison.csv``, ``comparison.md`` and one ``comparison_<set>.png`` per test set."""
+def write_comparison(csv_paths: Sequence[str | Path], output_folder: str | Path, metric: str = "WER",
+                     name: str = "comparison") -> Path:
+    """Write ``<name>.csv``, ``<name>.md`` and one ``<name>_<set>.png`` per test set (name: comparison)."""
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     sweeps = load_sweeps(csv_paths)
     table = wer_table(sweeps, metric)
-    table.to_csv(output_folder / "comparison.csv", index=False)
-    md = output_folder / "comparison.md"
+    table.to_csv(output_folder / f"{name}.csv", index=False)
+    md = output_folder / f"{name}.md"
     md.write_text(f"{metric} (%) per depth; `depth` = encoder layers run, `enc. params` = executed encoder "
                   f"parameters.\n\n" + markdown_table(table) + "\n")
     for test_set in sweeps["test_set"].unique():
-        plot_wer_vs_params(sweeps, output_folder / f"comparison_{test_set}.png", test_set, metric)
+        plot_wer_vs_params(sweeps, output_folder / f"{name}_{test_set}.png", test_set, metric)
     return md
 
 

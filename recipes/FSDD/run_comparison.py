@@ -8,7 +8,6 @@ Usage: python recipes/FSDD/run_comparison.py [--methods teacher rdsc rdld dld] [
 """
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dld_brain.report import write_comparison  # noqa: E402
+from dld_brain.comparison import compare, run_methods  # noqa: E402
 
 METHODS = ("teacher", "rdsc", "rdld", "dld")
 #: model family -> (hparams folder, default experiment root, default methods)
@@ -42,17 +41,8 @@ def main() -> None:
     args.hparams_dir = args.hparams_dir or str(ROOT / "hparams" / folder)
     extra = [a for a in args.extra if a != "--"]
     start = time.time()
-    for i, method in enumerate(args.methods, 1):
-        print(f"\n=== [{i}/{len(args.methods)}] {method} ({time.time() - start:.0f} s elapsed) ===", flush=True)
-        cmd = [sys.executable, str(ROOT / "recipes" / "FSDD" / "train.py"),
-               str(Path(args.hparams_dir) / f"{method}.yaml"),
-               f"--experiment_root={args.experiment_root}", *extra]
-        result = subprocess.run(cmd)
-        if result.returncode != 0:
-            sys.exit(f"{method} failed (exit {result.returncode}); fix it and rerun: finished runs resume "
-                     "from their checkpoints")
-    sweeps = [Path(args.experiment_root) / m / "depth_sweep_test.csv" for m in args.methods]
-    md = write_comparison(sweeps, args.experiment_root)
+    run_methods(ROOT / "recipes" / "FSDD" / "train.py", args.hparams_dir, args.methods, args.experiment_root, extra)
+    md = compare(args.experiment_root, args.methods)
     print(f"\n=== done in {time.time() - start:.0f} s ===\n")
     print(md.read_text())
     print(f"table: {md}\nplot:  {Path(args.experiment_root) / 'comparison_test.png'}")
