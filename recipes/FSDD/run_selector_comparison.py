@@ -42,7 +42,7 @@ from train import prepare  # noqa: E402
 
 #: CPU-sized backbone schedules (the shared 2-core machine): RDsc from scratch; DLD = teacher then DLD.
 BACKBONE_OVERRIDES = {
-    "rdsc": "--number_of_epochs=10 --valid_depths=[3] --sweep_depths=[1,3,6]",
+    "rdsc": "--number_of_epochs=12 --valid_depths=[3] --sweep_depths=[1,3,6]",
     "dld": "--valid_depths=[3] --sweep_depths=[1,3,6]",
 }
 
