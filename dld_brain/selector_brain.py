@@ -65,7 +65,7 @@ class SelectorCTCBrain(DynamicDepthCTCBrain):
 
     Extra hparams: ``backbone_checkpoint`` (trained backbone run, loaded before training), ``freeze_backbone``,
     ``budget_weight``, ``selector_relaxation`` (``gumbel_sigmoid``/``gumbel_topk``), ``gumbel_tau``,
-    ``train_budgets``, ``valid_budgets``, ``selector_execution`` (``grouped``/``masked``).
+    ``train_budgets``, ``valid_budgets``, ``selector_execution`` (``auto``/``grouped``/``masked``).
     """
 
     def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
@@ -85,7 +85,7 @@ class SelectorCTCBrain(DynamicDepthCTCBrain):
         self.eval_budget: int = num_layers // 2 or 1
         self.selective = SelectiveDepthModel(
             self.model, self.modules.selector, relaxation=self.hparams_get("selector_relaxation", "gumbel_sigmoid"),
-            tau=float(self.hparams_get("gumbel_tau", 1.0)), execution=self.hparams_get("selector_execution", "grouped"))
+            tau=float(self.hparams_get("gumbel_tau", 1.0)), execution=self.hparams_get("selector_execution", "auto"))
         self.find_unused_parameters = True  # layers no utterance keeps get no gradient in joint fine-tuning
 
     def valid_depths(self) -> list:

@@ -105,7 +105,7 @@ def test_budget_loss_pulls_expected_layers_to_k():
     assert float(counts.mean()) == pytest.approx(2.0, abs=0.1)  # Bernoulli(sigmoid(0)) keeps half of 4
 
 
-@pytest.mark.parametrize("execution", ["grouped", "masked"])
+@pytest.mark.parametrize("execution", ["grouped", "masked", "auto"])
 def test_mixed_layer_sets_equal_each_utterance_alone(batch, execution):
     model = tiny_model().eval()
     feats, lens = batch
@@ -132,7 +132,8 @@ def test_grouped_and_masked_agree_on_random_sets(batch):
         x, pad = model.backbone.embed(feats, lens)
         a = model.run_masks(x, pad, masks, "grouped")
         b = model.run_masks(x, pad, masks, "masked")
-    assert torch.allclose(a, b, atol=ATOL)
+        c = model.run_masks(x, pad, masks, "auto")
+    assert torch.allclose(a, b, atol=ATOL) and torch.allclose(a, c, atol=ATOL)
 
 
 @pytest.mark.parametrize("k", [0, 5, -1, [1, 2, 3, 4, 5, 9], 2.5])

@@ -13,7 +13,8 @@ utterance, which encoder layers of a layer-dropping backbone run under a budget 
 * :class:`SelectiveDepthModel`: selector + backbone. Training mixes each layer per utterance,
   ``y + g_{b,i} (f_i(y) - y)``, computing only the layers some utterance keeps. Inference groups the
   utterances by layer set and runs each group with the backbone's explicit-layer mode (``grouped``), or runs
-  the union of the sets on the whole batch with 0/1 gates (``masked``); both give the same outputs.
+  the union of the sets on the whole batch with 0/1 gates (``masked``); both give the same outputs, and
+  ``auto`` picks the cheaper one from the union size (masked only when the union is close to k).
 
 The backbone is duck-typed: ``embed(feats, lens) -> (x, pad_mask)``, ``run_layers(x, pad_mask, layers=None,
 gates=None) -> hidden``, ``output(hidden) -> log_probs`` and ``encoder.num_layers`` (as
@@ -29,7 +30,10 @@ import torch
 from dld_brain.gates import DepthError
 
 RELAXATIONS = ("gumbel_sigmoid", "gumbel_topk")
-EXECUTIONS = ("grouped", "masked")
+EXECUTIONS = ("auto", "grouped", "masked")
+#: ``auto`` runs masked when the union of the batch's layer sets is at most this many times k (measured on
+#: FSDD, batch 8: grouping is ~2x faster at union/k >= 3, masking ~1.3x faster at union/k = 1.2).
+AUTO_MASKED_MAX_RATIO = 1.25
 
 Budget = Union[int, Sequence[int], torch.Tensor]
 
@@ -280,11 +284,12 @@ class SelectiveDepthModel(torch.nn.Module):
 
     ``forward(feats, lens, k)`` returns ``(log_probs, logits, gates)``: in training the gates are
     straight-through relaxed gates (see :func:`relaxed_gates`), outside training the exact top-k masks run
-    with ``execution`` = ``grouped`` (default) or ``masked``. ``k`` is an int or one budget per utterance.
+    with ``execution`` = ``grouped``, ``masked`` or ``auto`` (masked when the union of the sets is close to k,
+    else grouped; see ``AUTO_MASKED_MAX_RATIO``). ``k`` is an int or one budget per utterance.
     """
 
     def __init__(self, backbone: torch.nn.Module, selector: LayerSelector, relaxation: str = "gumbel_sigmoid",
-                 tau: float = 1.0, execution: str = "grouped"):
+                 tau: float = 1.0, execution: str = "auto"):
         super().__init__()
         if relaxation not in RELAXATIONS:
             raise ValueError(f"unknown relaxation {relaxation!r}; choose one of {RELAXATIONS}")
@@ -314,6 +319,10 @@ class SelectiveDepthModel(torch.nn.Module):
         execution = execution or self.execution
         if execution not in EXECUTIONS:
             raise ValueError(f"unknown execution {execution!r}; choose one of {EXECUTIONS}")
+        if execution == "auto":
+            union = int(masks.detach().ne(0).any(dim=0).sum())
+            k_max = int(masks.detach().ne(0).sum(dim=1).max())
+            execution = "masked" if union <= AUTO_MASKED_MAX_RATIO * k_max else "grouped"
         if execution == "grouped":
             return run_grouped(self.backbone, x, pad_mask, masks)
         return self.backbone.run_layers(x, pad_mask, gates=masks)
