@@ -375,3 +375,21 @@ def test_num_classes_must_match_the_training_labels(trained, fsc_corpus, tmp_pat
                              *[t for t in TINY_SLU if not t.startswith("--num_classes=")], "--num_classes=4"],
                             capsys)
     assert code == 2 and "has 3 intent labels but num_classes is 4" in err
+
+
+def test_depth_switchable_batch_norm_follows_the_executed_depth():
+    """Training at depth 2 updates only the pooled-feature norm of depth 2; one utterance uses running stats."""
+    model = tiny_classifier().train()
+    feats, lens = torch.randn(4, 60, 20), torch.tensor([1.0, 0.9, 0.8, 0.7])
+    before = [norm.running_mean.clone() for norm in model.pool_norms]
+    model(feats, lens, layers=[0, 3])
+    changed = [not torch.equal(b, n.running_mean) for b, n in zip(before, model.pool_norms)]
+    assert changed == [False, True, False, False]
+    assert model(feats[:1], lens[:1], layers=[1]).shape == (1, 5)  # batch of one in training mode
+    model.eval()
+    with model.encoder.at_depth(3):
+        out = model(feats, lens)
+    assert len(model.encoder.last_layers) == 3 and torch.isfinite(out).all()
+    assert tiny_classifier(pool_norm="none").pool_norms is None
+    with pytest.raises(ValueError, match="pool_norm"):
+        tiny_classifier(pool_norm="layer")
