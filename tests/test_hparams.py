@@ -50,7 +50,7 @@ def test_paper_configuration():
 def test_every_method_file_loads(path, tmp_path):
     h = load_hparams(HP / path, {"data_folder": "/tmp/x", "num_layers": 2, "d_model": 32, "nhead": 2,
                                  "d_ffn": 64, "experiment_root": str(tmp_path)})
-    assert h["method"] in ("teacher", "rdsc", "rdld", "dld", "rd", "dld_askd")  # rd: SLU random dropping
+    assert h["method"] in ("teacher", "rdsc", "rdld", "dld", "rd", "dld_askd", "selector")  # rd: SLU random dropping
     assert (h["drop_prob"] > 0) == (h["method"] != "teacher")
     assert h["model"].encoder.drop_prob == h["drop_prob"]
     assert (h["kd_weight"] > 0) == (h["method"] in ("dld", "dld_askd"))
