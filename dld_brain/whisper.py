@@ -130,10 +130,12 @@ def decoder_logits(model, tokens: torch.Tensor, encoder_out: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def greedy_decode(model, encoder_out: torch.Tensor, decoding: dict, max_new_tokens: int = 40) -> list[list[int]]:
+def greedy_decode(model, encoder_out: torch.Tensor, decoding: dict, max_new_tokens: int = 40,
+                  stop_at_eot: bool = True) -> list[list[int]]:
     """Batched greedy decoding with key/value cache; suppressed tokens as in the model's config (and the
     begin-suppressed ones at the first step). Returns the generated ids per utterance, without the prompt
-    and the end-of-text token."""
+    and the end-of-text token. ``stop_at_eot=False`` runs exactly ``max_new_tokens`` steps (for timing the
+    decoder per step independently of the output length)."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     batch = encoder_out.shape[0]
@@ -158,7 +160,7 @@ def greedy_decode(model, encoder_out: torch.Tensor, decoding: dict, max_new_toke
             if not done[i] and next_ids[i] != eot:
                 out[i].append(int(next_ids[i]))
         done |= next_ids == eot
-        if done.all():
+        if done.all() and stop_at_eot:
             break
         tokens = next_ids[:, None]
     return out

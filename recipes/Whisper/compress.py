@@ -72,12 +72,21 @@ def load_wavs(table: pd.DataFrame) -> list:
     return [sf.read(path, dtype="float32")[0] for path in table["wav"]]
 
 
-def encoder_outputs(model, wavs: list, batch: int = 8) -> torch.Tensor:
-    """Encoder outputs of ``model`` for every waveform (float16 on CPU, to save memory)."""
+def encoder_outputs(model, table: pd.DataFrame, cache_file: Path, batch: int = 8) -> torch.Tensor:
+    """Encoder outputs of ``model`` for every utterance of ``table`` (float16 on CPU, to save memory),
+    cached in ``cache_file`` (reused when it holds the same utterance IDs)."""
+    if cache_file.is_file():
+        saved = torch.load(cache_file)
+        if saved["ids"] == list(table["ID"]):
+            return saved["enc"]
+    wavs = load_wavs(table)
     chunks = []
     for i in range(0, len(wavs), batch):
         chunks.append(encode(model, log_mel(wavs[i:i + batch], model.config.num_mel_bins)).half())
-    return torch.cat(chunks)
+    enc = torch.cat(chunks)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": list(table["ID"]), "enc": enc}, cache_file)
+    return enc
 
 
 def token_ids(tokenizer, decoding: dict, words: str) -> list:
@@ -123,11 +132,11 @@ def evaluate(model, enc: torch.Tensor, table: pd.DataFrame, tokenizer, decoding:
 
 
 def benchmark(models: dict, wavs: list, decoding: dict, max_new: int, repeats: int) -> dict:
-    """Median seconds of the full pipeline (log-mel + encoder + greedy decoding) and of the decoding alone,
-    per model, on the same batch, round-robin (warm-up first)."""
+    """Median seconds per model, on the same batch, round-robin (warm-up first): the full pipeline (log-mel +
+    encoder + greedy decoding until end of text), the decoding alone, and the decoder for a fixed number of
+    steps (``max_new`` steps, end of text ignored: the per-step cost, independent of the output length)."""
     feats = log_mel(wavs)
-    totals = {name: [] for name in models}
-    decode_only = {name: [] for name in models}
+    times = {name: {"total": [], "decode": [], "fixed": []} for name in models}
     for name, model in models.items():  # warm-up
         greedy_decode(model, encode(model, feats), decoding, max_new)
     for _ in range(repeats):
@@ -137,9 +146,18 @@ def benchmark(models: dict, wavs: list, decoding: dict, max_new: int, repeats: i
             mid = time.perf_counter()
             greedy_decode(model, enc, decoding, max_new)
             end = time.perf_counter()
-            totals[name].append(end - start)
-            decode_only[name].append(end - mid)
-    return {name: (statistics.median(totals[name]), statistics.median(decode_only[name])) for name in models}
+            greedy_decode(model, enc, decoding, max_new, stop_at_eot=False)
+            times[name]["total"].append(end - start)
+            times[name]["decode"].append(end - mid)
+            times[name]["fixed"].append(time.perf_counter() - end)
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+
+
+def objective_name(hp: dict) -> str:
+    """The training objective in words, for the results table."""
+    if hp.get("askd") is not None:
+        return "CE + ASKD" if hp["kd_weight"] > 0 else "CE + self-KD (ASKD, no teacher)"
+    return "CE + KD (constant weight)" if hp["kd_weight"] > 0 else "CE only"
 
 
 def main(argv) -> None:
@@ -169,8 +187,9 @@ def main(argv) -> None:
         param.requires_grad_(False)
 
     t0 = time.time()
-    enc = {name: encoder_outputs(teacher, load_wavs(table)) for name, table in splits.items()}
-    timings["encoder outputs (cached)"] = time.time() - t0
+    enc = {name: encoder_outputs(teacher, table, Path(hp["cache_folder"]) / f"encoder_{name}.pt")
+           for name, table in splits.items()}
+    timings["encoder outputs (cached on disk; 0 when reused)"] = time.time() - t0
 
     t0 = time.time()
     rows = []
@@ -213,7 +232,7 @@ def main(argv) -> None:
 
     names = {"teacher": "teacher (tiny.en, 4 decoder layers)",
              "student_init": f"student {hp['student_decoder_layers']} before training",
-             "student": f"student {hp['student_decoder_layers']} after CE + ASKD"}
+             "student": f"student {hp['student_decoder_layers']} after {objective_name(hp)}"}
     for key, label in names.items():
         wer, words = results[key]
         model_key = "teacher" if key == "teacher" else "student"
@@ -221,14 +240,13 @@ def main(argv) -> None:
                      "params (M)": round(n_params[model_key] / 1e6, 2),
                      "decoder-layer params (M)": round(dec_params[model_key] / 1e6, 2)})
     table = pd.DataFrame(rows)
-    t_total, t_dec = speed["teacher"]
-    s_total, s_dec = speed["student"]
+    labels = {"total": "full pipeline (log-mel + encoder + greedy decoding)",
+              "decode": "greedy decoding until end of text",
+              "fixed": f"decoder, {hp['max_new_tokens']} steps (per-step cost)"}
     speed_table = pd.DataFrame([
-        {"measure": "full pipeline (log-mel + encoder + greedy decoding)", "teacher (s)": round(t_total, 3),
-         "student (s)": round(s_total, 3), "student / teacher": round(s_total / t_total, 3),
-         "speed-up": round(t_total / s_total, 2)},
-        {"measure": "greedy decoding only", "teacher (s)": round(t_dec, 3), "student (s)": round(s_dec, 3),
-         "student / teacher": round(s_dec / t_dec, 3), "speed-up": round(t_dec / s_dec, 2)}])
+        {"measure": label, "teacher (s)": round(speed["teacher"][k], 3), "student (s)": round(speed["student"][k], 3),
+         "student / teacher": round(speed["student"][k] / speed["teacher"][k], 3),
+         "speed-up": round(speed["teacher"][k] / speed["student"][k], 2)} for k, label in labels.items()])
     timing_table = pd.DataFrame([{"stage": k, "seconds": round(v, 1)} for k, v in timings.items()])
     md = (f"Teacher: `{teacher_dir}`; test: {len(splits['test'])} FSDD connected-digit utterances (held-out "
           f"speakers); student trained on {len(splits['train'])} utterances for {hp['number_of_epochs']} "
