@@ -58,7 +58,9 @@ def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequ
     return seconds
 
 
-def compare(experiment_root: str | Path, methods: Sequence[str], name: str = "comparison") -> Path:
-    """Write ``<name>.md/.csv/_<set>.png`` from the methods' ``depth_sweep_test.csv``; returns the .md path."""
+def compare(experiment_root: str | Path, methods: Sequence[str], name: str = "comparison",
+            metric: str = "WER") -> Path:
+    """Write ``<name>.md/.csv/_<set>.png`` of ``metric`` from the methods' ``depth_sweep_test.csv``; returns
+    the .md path."""
     sweeps = [Path(experiment_root) / m / "depth_sweep_test.csv" for m in methods]
-    return write_comparison(sweeps, experiment_root, name=name)
+    return write_comparison(sweeps, experiment_root, name=name, metric=metric)

@@ -11,7 +11,6 @@ Usage: python recipes/SpeechToIntent/run_comparison.py [--methods teacher rd dld
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dld_brain.report import write_comparison  # noqa: E402
+from dld_brain.comparison import compare, run_methods  # noqa: E402
 
 METHODS = ("teacher", "rd", "dld")
 
@@ -36,25 +35,14 @@ def main() -> None:
                         help="after --: options passed to every train.py run, e.g. -- --number_of_epochs=2")
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
-    env = dict(os.environ)
     if args.num_threads:
-        env["OMP_NUM_THREADS"] = str(args.num_threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.num_threads)  # inherited by every train.py run
     start = time.time()
-    times = {}
-    for i, method in enumerate(args.methods, 1):
-        print(f"\n=== [{i}/{len(args.methods)}] {method} ({time.time() - start:.0f} s elapsed) ===", flush=True)
-        cmd = [sys.executable, str(ROOT / "recipes" / "SpeechToIntent" / "train.py"),
-               str(Path(args.hparams_dir) / f"{method}.yaml"),
-               f"--experiment_root={args.experiment_root}", *extra]
-        began = time.time()
-        result = subprocess.run(cmd, env=env)
-        times[method] = round(time.time() - began, 1)
-        if result.returncode != 0:
-            sys.exit(f"{method} failed (exit {result.returncode}); fix it and rerun: finished runs resume "
-                     "from their checkpoints")
+    times = run_methods(ROOT / "recipes" / "SpeechToIntent" / "train.py", args.hparams_dir, args.methods,
+                        args.experiment_root, extra)
     total = round(time.time() - start, 1)
-    sweeps = [Path(args.experiment_root) / m / "depth_sweep_test.csv" for m in args.methods]
-    md = write_comparison(sweeps, args.experiment_root, metric="accuracy")
+    md = compare(args.experiment_root, args.methods, metric="accuracy")
+    times = {m: round(t, 1) for m, t in times.items()}
     timing = {"wall_time_s": {**times, "total": total}, "num_threads": args.num_threads, "extra": extra}
     (Path(args.experiment_root) / "wall_time.json").write_text(json.dumps(timing, indent=1) + "\n")
     with open(md, "a") as handle:
