@@ -194,18 +194,12 @@ class DynamicDepthCTCBrain(sb.Brain):
                 temperature=float(self.hparams_get("kd_temperature", 1.0)),
                 normalisation=self.hparams_get("kd_normalisation", "frames"),
             )
-            self._loss_parts["kd"] += float(loss_kd.detach())
-            if self.askd is None:
-                loss = loss + self.kd_weight * loss_kd
-            else:
-                loss = loss + self.kd_weight * self._askd_w[0] * loss_kd
-                mask = valid_frame_mask(wav_lens, log_probs.shape[1])
-                self.askd.record(agreement=top1_agreement(log_probs, teacher_log_probs, mask))
+            loss = self.add_teacher_term(loss, loss_kd, lambda: top1_agreement(
+                log_probs, teacher_log_probs, valid_frame_mask(wav_lens, log_probs.shape[1])))
         if self_log_probs is not None:
-            loss_self = ctc_posterior_kl(log_probs, self_log_probs, wav_lens, temperature=self.askd.temperature,
-                                         normalisation=self.hparams_get("kd_normalisation", "frames"))
-            self.askd.record(self_kd_loss=float(loss_self.detach()))
-            loss = loss + self._askd_w[1] * loss_self
+            loss = self.add_self_term(loss, ctc_posterior_kl(
+                log_probs, self_log_probs, wav_lens, temperature=self.askd.temperature,
+                normalisation=self.hparams_get("kd_normalisation", "frames")))
         self._loss_parts["batches"] += 1
         if stage == sb.Stage.TRAIN and nan_loss(self.step):
             loss = loss * float("nan")  # fault injection (tests only; see dld_brain.faults)
@@ -215,6 +209,20 @@ class DynamicDepthCTCBrain(sb.Brain):
             targets = [w.split() for w in batch.wrd]
             self.wer_metrics[self._metric_key].append(batch.id, words, targets)
         return loss
+
+    def add_teacher_term(self, loss: torch.Tensor, loss_kd: torch.Tensor, agreement) -> torch.Tensor:
+        """``loss + kd_weight * loss_kd`` (times the ASKD teacher weight when configured; the ASKD rule then
+        records ``agreement()``, the batch's teacher/student top-1 agreement); shared by every Brain."""
+        self._loss_parts["kd"] += float(loss_kd.detach())
+        if self.askd is None:
+            return loss + self.kd_weight * loss_kd
+        self.askd.record(agreement=agreement())
+        return loss + self.kd_weight * self._askd_w[0] * loss_kd
+
+    def add_self_term(self, loss: torch.Tensor, loss_self: torch.Tensor) -> torch.Tensor:
+        """``loss + w_self * loss_self``, the ASKD self-distillation term (recorded for the epoch log)."""
+        self.askd.record(self_kd_loss=float(loss_self.detach()))
+        return loss + self._askd_w[1] * loss_self
 
     def tokenizer_decode(self, ids: Sequence[int]) -> str:
         """Token ids -> text with the recipe's SentencePiece model."""

@@ -72,16 +72,10 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
         if teacher_log_probs is not None:
             loss_kd = posterior_kl(log_probs, teacher_log_probs,
                                    temperature=float(self.hparams_get("kd_temperature", 1.0)))
-            self._loss_parts["kd"] += float(loss_kd.detach())
-            if self.askd is None:
-                loss = loss + self.kd_weight * loss_kd
-            else:
-                loss = loss + self.kd_weight * self._askd_w[0] * loss_kd
-                self.askd.record(agreement=top1_agreement(log_probs, teacher_log_probs))
+            loss = self.add_teacher_term(loss, loss_kd, lambda: top1_agreement(log_probs, teacher_log_probs))
         if self_log_probs is not None:
-            loss_self = posterior_kl(log_probs, self_log_probs, temperature=self.askd.temperature)
-            self.askd.record(self_kd_loss=float(loss_self.detach()))
-            loss = loss + self._askd_w[1] * loss_self
+            loss = self.add_self_term(
+                loss, posterior_kl(log_probs, self_log_probs, temperature=self.askd.temperature))
         self._loss_parts["batches"] += 1
         if stage == sb.Stage.TRAIN and nan_loss(self.step):
             loss = loss * float("nan")  # fault injection (tests only; see dld_brain.faults)
