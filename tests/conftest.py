@@ -1,12 +1,14 @@
 """Shared test fixtures: where the real audio is, and a tiny-model override set for recipe runs."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: the real audio beside the clone; DLD_SHARED_DATA points elsewhere (e.g. a copy carried to a GPU machine)
+SHARED_DATA = Path(os.environ.get("DLD_SHARED_DATA", REPO.parent / "shared" / "data"))
 FSDD_DIR = SHARED_DATA / "fsdd"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers importable by name
 
