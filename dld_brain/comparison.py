@@ -8,17 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 from dld_brain.report import write_comparison
 
 
 def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequence[str], experiment_root: str,
-                extra: Sequence[str] = (), skip_done: Sequence[str] = (), jobs: int = 1) -> dict[str, float]:
+                extra: Sequence[str] = (), skip_done: Sequence[str] = (), jobs: int = 1,
+                after: Optional[Mapping[str, Sequence[str]]] = None) -> dict[str, float]:
     """Run ``train_script <hparams_dir>/<method>.yaml --experiment_root=...`` for each method (``jobs`` at a
-    time, in order; logs of parallel runs go to ``<experiment_root>/<method>.log``); methods in ``skip_done``
-    whose depth sweep already exists are reused. Returns the wall seconds of each run (0 when reused); exits
-    with a message naming the method when a run fails."""
+    time, started in order; logs of parallel runs go to ``<experiment_root>/<method>.log``). ``after`` maps a
+    method to those it needs finished first (e.g. ``{"dld": ["teacher"]}``: DLD reads the teacher's
+    checkpoint); methods in ``skip_done`` whose depth sweep already exists are reused. Returns the wall
+    seconds of each run (0 when reused); exits with a message naming the method when a run fails."""
     start = time.time()
     seconds: dict[str, float] = {}
     todo = []
@@ -29,9 +31,10 @@ def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequ
         else:
             todo.append(method)
     running: list = []
+    after = after or {}
 
-    def wait_one() -> None:
-        method, proc, t0, log = running.pop(0)
+    def wait_one(index: int = 0) -> None:
+        method, proc, t0, log = running.pop(index)
         code = proc.wait()
         seconds[method] = time.time() - t0
         if log is not None:
@@ -42,6 +45,10 @@ def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequ
             sys.exit(f"{method} failed (exit {code}); fix it and rerun: finished runs resume from their checkpoints")
 
     for i, method in enumerate(todo, 1):
+        for needed in after.get(method, ()):  # its inputs must be complete before it starts
+            names = [r[0] for r in running]
+            if needed in names:
+                wait_one(names.index(needed))
         while len(running) >= max(int(jobs), 1):
             wait_one()
         print(f"\n=== [{i}/{len(todo)}] {method} ({time.time() - start:.0f} s elapsed) ===", flush=True)
