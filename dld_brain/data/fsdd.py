@@ -16,9 +16,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
-import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -27,7 +24,7 @@ import soundfile
 import torch
 import torchaudio
 
-from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, write_manifest
+from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, downloaded_archive, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -70,23 +67,16 @@ def download_fsdd(data_folder: str | os.PathLike, url: str = FSDD_URL) -> Path:
     target = data_folder / "recordings"
     if target.exists() and any(target.iterdir()):
         raise DataPrepError(f"{target} exists but holds no FSDD wavs; remove it or pass another --data_folder")
-    data_folder.mkdir(parents=True, exist_ok=True)
     logger.info("Downloading FSDD from %s into %s", url, data_folder)
-    tmp = Path(tempfile.mkdtemp(dir=data_folder, prefix=".fsdd_download_"))
-    try:
-        archive = tmp / "fsdd.zip"
-        urllib.request.urlretrieve(url, str(archive))
-        with zipfile.ZipFile(archive) as zf:  # members look like free-spoken-digit-dataset-1.0.10/recordings/x.wav
-            members = [m for m in zf.namelist() if m.split("/")[1:2] == ["recordings"]]
-            zf.extractall(tmp, members)
-        extracted = [p for p in tmp.glob("*/recordings") if _holds_fsdd(p)]
+    # members look like free-spoken-digit-dataset-1.0.10/recordings/x.wav
+    with downloaded_archive(url, data_folder, lambda m: m.split("/")[1:2] == ["recordings"],
+                            ".fsdd_download_") as root:
+        extracted = [p for p in root.glob("*/recordings") if _holds_fsdd(p)]
         if not extracted:
             raise DataPrepError(f"the archive from {url} has no recordings/*.wav")
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.replace(extracted[0], target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return data_folder
 
 

@@ -1,17 +1,22 @@
 """CSV manifests in SpeechBrain's schema (``ID, duration, wav, spk_id, wrd``) and shared prep helpers.
 
 Every preparation script writes its manifests through :func:`write_manifest` (atomic, validated) and
-uses :class:`PrepMarker` to skip work that was already done with the same options (idempotent prep).
+uses :class:`PrepMarker` to skip work that was already done with the same options (idempotent prep);
+corpora downloaded as zip archives go through :func:`downloaded_archive`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
+import urllib.request
+import zipfile
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import soundfile
 
@@ -20,6 +25,28 @@ MANIFEST_FIELDS = ("ID", "duration", "wav", "spk_id", "wrd")
 
 class DataPrepError(RuntimeError):
     """A corpus or manifest problem that the user must fix; the message names the file and the fix."""
+
+
+@contextlib.contextmanager
+def downloaded_archive(url: str, data_folder: str | os.PathLike, keep: Callable[[str], bool],
+                       prefix: str = ".download_") -> Iterator[Path]:
+    """Download the zip at ``url`` into a hidden temp folder inside ``data_folder`` and yield the folder its
+    members accepted by ``keep(name)`` were extracted to; the temp folder is removed afterwards.
+
+    The caller moves the finished files into place with ``os.replace`` (on the same file system), the file
+    that marks the copy complete last, so a killed download never looks complete.
+    """
+    data_folder = Path(data_folder)
+    data_folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=data_folder, prefix=prefix))
+    try:
+        archive = tmp / "archive.zip"
+        urllib.request.urlretrieve(url, str(archive))
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp / "extracted", [name for name in zf.namelist() if keep(name)])
+        yield tmp / "extracted"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def audio_info(path: str | os.PathLike) -> tuple[float, int, int]:

@@ -19,10 +19,6 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
-import urllib.request
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
@@ -31,7 +27,7 @@ import numpy as np
 import soundfile
 
 from dld_brain.data.fsc import SLU_FIELDS, SPLITS
-from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, write_manifest
+from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, downloaded_archive, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -103,26 +99,20 @@ def download_speech_to_intent(data_folder: str | os.PathLike, url: str = S2I_URL
     if (data_folder / "labels.csv").exists() or (data_folder / "audio").exists():
         raise DataPrepError(f"{data_folder} holds a partial copy (labels.csv or audio/ without the other); "
                             "remove it or pass another --data_folder")
-    data_folder.mkdir(parents=True, exist_ok=True)
     logger.info("Downloading the Speech-to-Intent benchmark from %s into %s", url, data_folder)
-    tmp = Path(tempfile.mkdtemp(dir=data_folder, prefix=".s2i_download_"))
-    try:
-        archive = tmp / "release.zip"
-        urllib.request.urlretrieve(url, str(archive))
-        with zipfile.ZipFile(archive) as zf:  # members: speech-to-intent-benchmark-<commit>/data/...
-            wanted = [m for m in zf.namelist()
-                      if m.split("/")[1:4] == ["data", "speech", "clean"] or m.endswith("data/label/label.json")]
-            zf.extractall(tmp / "x", wanted)
-        releases = [p for p in (tmp / "x").glob("*") if (p / "data" / "label" / "label.json").is_file()]
+
+    def keep(member: str) -> bool:  # members: speech-to-intent-benchmark-<commit>/data/...
+        return member.split("/")[1:4] == ["data", "speech", "clean"] or member.endswith("data/label/label.json")
+
+    with downloaded_archive(url, data_folder, keep, ".s2i_download_") as root:
+        releases = [p for p in root.glob("*") if (p / "data" / "label" / "label.json").is_file()]
         if not releases:
             raise DataPrepError(f"the archive from {url} has no data/label/label.json")
-        built = tmp / "built"
+        built = root.parent / "built"
         count = build_from_release(releases[0], built)
         os.replace(built / "audio", data_folder / "audio")
         os.replace(built / "labels.csv", data_folder / "labels.csv")  # last: marks the copy complete
         logger.info("Speech-to-Intent: %d orders written to %s", count, data_folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return data_folder
 
 
