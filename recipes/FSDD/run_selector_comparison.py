@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "recipes" / "FSDD"))
 
 import speechbrain as sb  # noqa: E402
-import torch  # noqa: E402
 
 from dld_brain.dataio import make_asr_datasets  # noqa: E402
 from dld_brain.recipe import (  # noqa: E402
