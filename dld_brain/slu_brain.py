@@ -18,6 +18,11 @@ DLD's objective is ``NLL(student) + kd_weight * KL(teacher || student)`` on the 
 of the frozen teacher (:func:`dld_brain.losses.posterior_kl`, softened by ``kd_temperature``). An ``askd``
 object in the hparams (:mod:`dld_brain.askd`) schedules the teacher term and adds self-KD, as for CTC.
 
+Pool-norm recalibration: a classifier with batch norms on its pooled vector (one set of statistics per depth,
+:class:`dld_brain.lobes.classifier.ConformerClassifier`) gets them recomputed from ``pool_norm_calibration``
+un-augmented training utterances (``brain.calibration_set``, set by the recipe) before every validation
+and test, with the weights being evaluated; the running averages of training are unusable there.
+
 Metrics: accuracy and error rate (%) per validated depth; the checkpoint metadata keeps ``WER`` = error
 rate (mean over ``valid_depths``), so the inherited checkpoint selection and the teacher lookup (lowest
 ``WER``) work as for ASR, and ``accuracy`` = its complement, for ``max_key="accuracy"``. At test time
@@ -27,6 +32,7 @@ accuracy, the confusions and every utterance's prediction are written there.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import speechbrain as sb
@@ -49,6 +55,9 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
     """
 
     label_encoder = None
+    #: training utterances for the pool-norm recalibration (set by the recipe; see calibrate_pool_norms)
+    calibration_set = None
+    _calibration_batches = None
 
     def compute_forward(self, batch, stage):
         """Student log-posteriors (B, C), and in DLD training the frozen teacher's on the same features
@@ -91,8 +100,48 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
             return str(index)
         return str(self.label_encoder.ind2lab[int(index)])
 
+    def calibration_batches(self) -> list:
+        """(feats, wav_lens) of ``pool_norm_calibration`` training utterances: a seeded random choice, sorted
+        by duration, un-augmented. The audio batches are loaded once; features are computed on each call
+        (they follow the current input normalisation)."""
+        if self._calibration_batches is None:
+            count = int(self.hparams_get("pool_norm_calibration", 0) or 0)
+            data = self.calibration_set
+            self._calibration_batches = []
+            if count > 0 and data is not None:
+                ids = list(data.data_ids)
+                chosen = set(random.Random(int(self.hparams_get("seed", 0))).sample(ids, min(count, len(ids))))
+                subset = data.filtered_sorted(key_test={"id": lambda i: i in chosen}, sort_key="duration")
+                loader = sb.dataio.dataloader.make_dataloader(subset, batch_size=32)
+                self._calibration_batches = [batch.to(self.device) for batch in loader]
+        self.modules.eval()
+        with torch.no_grad():
+            return [self.compute_features(batch, sb.Stage.VALID) for batch in self._calibration_batches]
+
+    def calibrate_pool_norms(self, layer_sets=None) -> None:
+        """Recompute the model's pool-norm statistics from :meth:`calibration_batches` with the current weights,
+        at every depth or at ``layer_sets`` (see
+        :meth:`dld_brain.lobes.classifier.ConformerClassifier.calibrate_pool_norms`); no-op without data."""
+        calibrate = getattr(self.model, "calibrate_pool_norms", None)
+        batches = self.calibration_batches()
+        if calibrate is not None and batches:
+            calibrate(batches, layer_sets)
+
     def on_stage_start(self, stage, epoch=None):
-        """Fresh loss parts and per-depth classification metrics (the teacher is re-frozen by the parent)."""
+        """Fresh loss parts and per-depth classification metrics (the teacher is re-frozen by the parent).
+        The pool norms are recalibrated before validation (at the validated depths, so the saved checkpoint
+        holds their statistics) and before a test (the evaluated weights, e.g. averaged checkpoints, at its
+        layer set)."""
+        encoder = self.model.encoder
+        if stage == sb.Stage.VALID:
+            sets = []
+            for depth in self.valid_depths():
+                with encoder.at_depth(depth) as layers:
+                    sets.append(layers)
+            self.calibrate_pool_norms(sets)
+        elif stage == sb.Stage.TEST:
+            layers = encoder.inference_layers
+            self.calibrate_pool_norms([list(range(encoder.num_layers)) if layers is None else list(layers)])
         super().on_stage_start(stage, epoch)
         self._loss_parts = {"nll": 0.0, "kd": 0.0, "batches": 0}
         if stage == sb.Stage.VALID:

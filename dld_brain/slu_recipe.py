@@ -169,8 +169,10 @@ def run_slu_recipe(argv: Sequence[str], prepare: Callable[[dict], object]) -> Op
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
     brain.label_encoder = label_encoder
+    brain.calibration_set = datasets["train"]  # pool-norm recalibration before each validation
     # The checkpoints carry meta "accuracy" (and "WER" = error rate): the best one is the most accurate.
     fit_and_sweep(brain, datasets, hparams, metric="accuracy", max_key="accuracy")
+    brain.calibrate_pool_norms()  # every depth's statistics for the evaluated weights, as the bundle serves them
     if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         hparams["label_encoder_file"],

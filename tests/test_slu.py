@@ -3,6 +3,7 @@ split, and end-to-end Fluent Speech Commands runs on an FSC-layout corpus built 
 (teacher, then DLD, then the accuracy depth sweep), with the clear errors promised for bad inputs."""
 
 import csv
+import json
 import importlib.util
 import math
 import subprocess
@@ -16,10 +17,10 @@ import soundfile
 import torch
 from conftest import REPO, SHARED_DATA
 
-from dld_brain.data.fsc import UnknownLabelError, intent_label, prepare_fsc
+from dld_brain.data.fsc import intent_label, prepare_fsc
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.data.speech_to_intent import prepare_speech_to_intent, stratified_split
-from dld_brain.lobes.classifier import ConformerClassifier, masked_mean
+from dld_brain.lobes.classifier import ConformerClassifier, masked_attention_pool, masked_mean
 from dld_brain.lobes.conformer import executed_parameters
 from dld_brain.recipe import main_guard
 from dld_brain.slu_recipe import run_slu_recipe
@@ -393,3 +394,115 @@ def test_depth_switchable_batch_norm_follows_the_executed_depth():
     assert tiny_classifier(pool_norm="none").pool_norms is None
     with pytest.raises(ValueError, match="pool_norm"):
         tiny_classifier(pool_norm="layer")
+
+
+def test_three_conv_blocks_give_8x_fewer_frames():
+    feats, lens = torch.randn(2, 160, 20), torch.ones(2)
+    with torch.no_grad():
+        assert tiny_classifier().encode(feats, lens).shape[1] == 40
+        eight = tiny_classifier(cnn_channels=[16, 8, 8])
+        assert eight.encode(feats, lens).shape[1] == 20 and eight(feats, lens).shape == (2, 5)
+    assert ConformerClassifier(**eight.config).state_dict().keys() == eight.state_dict().keys()
+    with pytest.raises(ValueError, match="cnn_channels"):
+        tiny_classifier(cnn_channels=[])
+
+
+def test_attention_pooling_weights_only_the_valid_frames():
+    torch.manual_seed(0)
+    x, scores, lens = torch.randn(2, 10, 3), torch.randn(2, 10), torch.tensor([1.0, 0.4])
+    garbage = x.clone()
+    garbage[1, 4:] = 1e6
+    out = masked_attention_pool(garbage, lens, scores)
+    assert torch.allclose(out[0], (torch.softmax(scores[0], 0)[:, None] * x[0]).sum(0), atol=1e-5)
+    assert torch.allclose(out[1], (torch.softmax(scores[1, :4], 0)[:, None] * x[1, :4]).sum(0), atol=1e-5)
+    model = tiny_classifier(pooling="attention")
+    with torch.no_grad():
+        assert model(torch.randn(3, 80, 20), torch.tensor([1.0, 0.6, 0.3])).shape == (3, 5)
+    assert ConformerClassifier(**model.config).state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="pooling"):
+        tiny_classifier(pooling="max")
+
+
+def test_frame_posteriors_average_the_valid_frames_posteriors():
+    torch.manual_seed(0)
+    model = tiny_classifier(pooling="frame_posteriors", pool_norm="none")
+    feats, lens = torch.randn(2, 80, 20), torch.tensor([1.0, 0.5])
+    with torch.no_grad():
+        out = model(feats, lens)
+        hidden = model.encode(feats, lens)
+        for i in range(2):
+            n = round(float(lens[i]) * hidden.shape[1])
+            expected = torch.softmax(model.classifier(hidden[i, :n]), -1).mean(0).log()
+            assert torch.allclose(out[i], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="pool_norm: none"):
+        tiny_classifier(pooling="frame_posteriors")
+
+
+def test_depth_stats_share_scale_and_shift_and_keep_statistics_per_depth():
+    model = tiny_classifier()  # default: depth_stats
+    assert all(n.weight is model.pool_norms[0].weight and n.bias is model.pool_norms[0].bias
+               for n in model.pool_norms)
+    rebuilt = ConformerClassifier(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.pool_norms[3].weight is rebuilt.pool_norms[0].weight  # tying survives a reload
+    untied = tiny_classifier(pool_norm="depth_bn")
+    assert untied.pool_norms[1].weight is not untied.pool_norms[0].weight
+    assert len(list(untied.parameters())) == len(list(model.parameters())) + 2 * 3
+
+
+def test_calibration_sets_every_depths_statistics_from_eval_mode_pooled_vectors():
+    torch.manual_seed(0)
+    model = tiny_classifier(dropout=0.3).train()
+    batches = [(torch.randn(4, 60, 20), torch.tensor([1.0, 0.9, 0.8, 0.7])) for _ in range(3)]
+    model.calibrate_pool_norms(batches)
+    assert model.training  # the mode is restored
+    model.eval()
+    for depth in range(1, 5):
+        with model.encoder.at_depth(depth), torch.no_grad():
+            pooled = torch.cat([model.pooled_vector(f, lens) for f, lens in batches])
+            normed = torch.cat([model.pool(f, lens) for f, lens in batches])
+        norm = model.pool_norms[depth - 1]
+        assert torch.allclose(norm.running_mean, pooled.mean(0), atol=1e-6)
+        assert torch.allclose(norm.running_var, pooled.var(0), atol=1e-6)
+        assert normed.mean(0).abs().max() < 1e-3  # standardised on the calibration set (scale 1, shift 0)
+    before = [n.running_mean.clone() for n in model.pool_norms]
+    model.calibrate_pool_norms(batches[:1], layer_sets=[[0, 2]])  # one layer set: only its depth changes
+    assert [not torch.equal(b, n.running_mean) for b, n in zip(before, model.pool_norms)] == [False, True, False, False]
+    with pytest.raises(ValueError, match="at least one batch"):
+        model.calibrate_pool_norms([])
+    tiny_classifier(pool_norm="none").calibrate_pool_norms(batches)  # nothing to calibrate: no error
+
+
+def test_recipe_calibrates_the_validated_depths_and_the_bundle_at_every_depth(trained):
+    """The teacher validates at full depth only: its checkpoint calibrates that depth; its inference bundle
+    (what users load) holds statistics for every depth."""
+    root, _, _ = trained
+
+    def tracked(state):
+        return [int(state[f"pool_norms.{k}.num_batches_tracked"]) for k in range(3)]
+
+    checkpoint = tracked(torch.load(find_checkpoint(root / "teacher") / "model.ckpt"))
+    assert checkpoint[-1] > 0
+    assert all(t > 0 for t in tracked(torch.load(root / "teacher" / "inference" / "model.ckpt")))
+
+
+def test_coffee_order_comparison_end_to_end(tmp_path, s2i_dir):
+    """The README's main SLU command on real orders, shrunk: teacher and RD side by side, DLD after the
+    teacher (8x front-end, duration-bucketed batches, recalibrated pool norms), then the comparison."""
+    root = tmp_path / "exp"
+    tiny = ["--num_layers=3", "--d_model=32", "--nhead=2", "--d_ffn=64", "--kernel_size=3", "--number_of_epochs=1",
+            "--max_per_class=5", "--check_audio=header", f"--data_folder={s2i_dir}", "--download=False"]
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "SpeechToIntent" / "run_comparison.py"),
+                           f"--experiment_root={root}", "--", *tiny], capture_output=True, text=True, cwd=REPO,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (root / "comparison.md").read_text()
+    assert "| teacher | rd | dld |" in table and "Wall time" in table
+    timing = json.loads((root / "wall_time.json").read_text())
+    assert timing["jobs"] == 2 and set(timing["wall_time_s"]) == {"teacher", "rd", "dld", "total"}
+    for method in ("teacher", "rd", "dld"):
+        sweep = pd.read_csv(root / method / "depth_sweep_test.csv")
+        assert sweep["depth"].tolist() == [1, 2, 3] and sweep["accuracy"].between(0, 100).all()
+    assert "kd_loss" in (root / "dld" / "train_log.txt").read_text()
+    model = torch.load(root / "dld" / "inference" / "model.ckpt")
+    assert model["frontend.convblock_2.convs.conv_0.conv.weight"].shape[0] == 32  # the 8x front-end's 3rd block

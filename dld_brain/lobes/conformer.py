@@ -118,10 +118,12 @@ class GatedConformerEncoder(DynamicDepthMixin, ConformerEncoder):
 
 
 class ConformerCTC(torch.nn.Module):
-    """Conformer CTC acoustic model: 4x conv subsampling, linear projection, gated conformer, CTC head.
+    """Conformer CTC acoustic model: conv subsampling, linear projection, gated conformer, CTC head.
 
     ``forward(feats, wav_lens, layers=None)`` maps normalised filterbanks (B, T, n_mels) to CTC
     log-probabilities (B, T/4, vocab). The encoder depth is chosen with ``model.encoder.set_depth``.
+    The front-end has one stride-2 conv block per entry of ``cnn_channels``: the default two give 4x
+    subsampling (40 ms frames), three give 8x (80 ms; enough for utterance classification, half the cost).
     """
 
     def __init__(
@@ -147,18 +149,21 @@ class ConformerCTC(torch.nn.Module):
                            depth_policy=depth_policy)
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2 (blank + tokens), got {vocab_size}")
+        if len(cnn_channels) < 1:
+            raise ValueError("cnn_channels needs at least one block, e.g. [64, 32] (4x subsampling)")
         self.vocab_size = vocab_size
+        blocks = len(cnn_channels)  # one stride-2 conv block each: 2 blocks = 4x fewer frames, 3 = 8x
         self.frontend = ConvolutionFrontEnd(
             input_shape=(8, 10, n_mels),
-            num_blocks=2,
+            num_blocks=blocks,
             num_layers_per_block=1,
             out_channels=tuple(cnn_channels),
-            kernel_sizes=(3, 3),
-            strides=(2, 2),
-            residuals=(False, False),
+            kernel_sizes=(3,) * blocks,
+            strides=(2,) * blocks,
+            residuals=(False,) * blocks,
         )
         freq_out = n_mels
-        for _ in range(2):
+        for _ in range(blocks):
             freq_out = (freq_out + 1) // 2
         self.input_proj = torch.nn.Sequential(
             torch.nn.Linear(freq_out * cnn_channels[-1], d_model), torch.nn.Dropout(dropout)
