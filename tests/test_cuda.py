@@ -1,7 +1,8 @@
 """The CUDA path, run on a GPU machine (skipped without one): the gated encoder and the classifier give the
 CPU's outputs at every depth, skipped layers are not computed and get no gradient on the GPU, bf16 autocast
-keeps CTC, KD and the classifier finite, and the FSDD recipe (teacher in fp32, then DLD in bf16) trains and
-sweeps on the GPU into a bundle that gives the same posteriors on GPU and CPU.
+keeps CTC, KD and the classifier finite, and the FSDD recipe (teacher in fp32, then DLD in bf16) and the SLU
+recipe (pool norms recalibrated on the GPU) train and sweep there into bundles that give the same
+posteriors on GPU and CPU.
 
 Run there with ``DLD_SHARED_DATA=<copy of ../shared/data> pytest tests/test_cuda.py`` (scripts/gpu_check.sh).
 """
@@ -13,11 +14,14 @@ import pytest
 import torch
 from conftest import REPO, tiny
 
-from dld_brain.inference import DynamicDepthASR
+from test_slu import fsc_args, fsc_corpus, load_recipe, s2i_dir  # noqa: F401  (FSC-layout corpus of real orders)
+
+from dld_brain.inference import DynamicDepthASR, DynamicDepthClassifier
 from dld_brain.lobes import ConformerCTC
 from dld_brain.lobes.classifier import ConformerClassifier
 from dld_brain.losses import ctc_posterior_kl, posterior_kl
 from dld_brain.recipe import run_asr_recipe
+from dld_brain.slu_recipe import run_slu_recipe
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -147,3 +151,21 @@ def test_bundle_gives_the_same_posteriors_on_gpu_and_cpu(gpu_runs):
             assert got.device.type == "cuda"
             torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-3)
         assert on_gpu.transcribe_files(wavs, depth=depth) == on_cpu.transcribe_files(wavs, depth=depth)
+
+
+def test_slu_recipe_recalibrates_and_sweeps_on_the_gpu(tmp_path, fsc_corpus):  # noqa: F811
+    prepare = load_recipe().prepare
+    run_slu_recipe(fsc_args("teacher", tmp_path, fsc_corpus, "--device=cuda"), prepare)
+    dld = run_slu_recipe(fsc_args("dld", tmp_path, fsc_corpus, "--device=cuda", "--precision=bf16",
+                                  "--number_of_epochs=2"), prepare)
+    assert next(dld.model.parameters()).device.type == "cuda"
+    sweep = pd.read_csv(tmp_path / "dld" / "depth_sweep_test.csv")
+    assert sweep["depth"].tolist() == [1, 2, 3] and sweep["accuracy"].between(0, 100).all()
+    bundle = tmp_path / "dld" / "inference"
+    on_gpu = DynamicDepthClassifier.from_hparams(source=bundle, run_opts={"device": "cuda"})
+    on_cpu = DynamicDepthClassifier.from_hparams(source=bundle, run_opts={"device": "cpu"})
+    wavs = pd.read_csv(tmp_path / "prepared" / "test.csv")["wav"].tolist()[:4]
+    for depth in (1, 2, 3):
+        got, want = on_gpu.classify_files(wavs, depth=depth), on_cpu.classify_files(wavs, depth=depth)
+        assert [label for label, _ in got] == [label for label, _ in want]
+        assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-3)
