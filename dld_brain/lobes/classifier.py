@@ -4,8 +4,8 @@ attention) pooling over the valid frames, a batch norm with per-depth statistics
 
 Why the batch norm: with per-utterance CMVN every utterance's mean-pooled encoder output is nearly the
 same vector (across-utterance spread ~7 % of the feature scale at initialisation), so a linear head on it
-learns only the class prior and training stalls at chance (measured: without it the teacher stayed at the
-prior for 8 epochs and longer). Standardising the pooled vector across the batch (as x-vector systems do)
+learns only the class prior and training stalls at chance (measured on the coffee orders: without it the
+teacher stayed at the class prior for all 8 epochs we ran). Standardising the pooled vector across the batch (as x-vector systems do)
 fixes this. The pooled statistics depend on how many layers ran, so each executed depth k has its own
 statistics (``pool_norms[k-1]``, after the switchable batch norm of slimmable networks, Yu et al. 2018):
 
@@ -17,7 +17,7 @@ statistics (``pool_norms[k-1]``, after the switchable batch norm of slimmable ne
 Training uses batch statistics. The running averages kept meanwhile are wrong for evaluation (the pooled
 vectors' common part moves by several of their standard deviations between steps), so
 :meth:`ConformerClassifier.calibrate_pool_norms` recomputes every depth's statistics with the current
-weights before each validation (BN recalibration, Yu & Huang 2019); the brain does it for you.
+weights before each validation and test (BN recalibration, Yu & Huang 2019); the brain does it for you.
 
 The model reuses :class:`~dld_brain.lobes.conformer.ConformerCTC` by subclassing it and replacing its CTC
 head, so the front-end, the gated encoder, ``encode``, ``set_depth``/``at_depth`` (on ``model.encoder``),

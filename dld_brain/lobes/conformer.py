@@ -121,7 +121,8 @@ class ConformerCTC(torch.nn.Module):
     """Conformer CTC acoustic model: conv subsampling, linear projection, gated conformer, CTC head.
 
     ``forward(feats, wav_lens, layers=None)`` maps normalised filterbanks (B, T, n_mels) to CTC
-    log-probabilities (B, T/4, vocab). The encoder depth is chosen with ``model.encoder.set_depth``.
+    log-probabilities (B, T', vocab), T' = T/4 with the default front-end. The encoder depth is chosen with
+    ``model.encoder.set_depth``.
     The front-end has one stride-2 conv block per entry of ``cnn_channels``: the default two give 4x
     subsampling (40 ms frames), three give 8x (80 ms; enough for utterance classification, half the cost).
     """
