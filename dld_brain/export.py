@@ -11,6 +11,7 @@ can be moved or uploaded as is.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Union
@@ -27,15 +28,7 @@ sample_rate: {sample_rate}
 blank_index: {blank_index}
 method: {method}
 
-compute_features: !new:speechbrain.lobes.features.Fbank
-    sample_rate: {sample_rate}
-    n_fft: {n_fft}
-    win_length: {win_ms}
-    hop_length: {hop_ms}
-    n_mels: {n_mels}
-
-normalize: !new:speechbrain.processing.features.InputNormalization
-    norm_type: {norm_type}
+{features}
 
 model: !new:{model_class}
 {model_args}
@@ -71,22 +64,42 @@ def model_kind(model: torch.nn.Module) -> str:
     return "classifier" if hasattr(model, "classifier") and hasattr(model, "num_classes") else "ctc"
 
 
+def features_yaml(hparams: dict) -> tuple[str, int]:
+    """The ``compute_features`` and ``normalize`` entries of a bundle, and the sample rate: filterbanks with
+    SpeechBrain's InputNormalization (conformer recipes) or the raw waveform with
+    :class:`dld_brain.lobes.WaveformNormalization` (WavLM recipes)."""
+    features, normalize = hparams["compute_features"], hparams["normalize"]
+    if isinstance(features, torch.nn.Identity):  # a raw-waveform model
+        if type(normalize).__name__ != "WaveformNormalization":
+            raise TypeError(f"cannot describe {type(normalize).__name__} in an inference bundle")
+        text = ("compute_features: !new:torch.nn.Identity\n\n"
+                "normalize: !new:dld_brain.lobes.WaveformNormalization\n"
+                f"    normalize: {json.dumps(normalize.normalize)}\n    eps: {normalize.eps}")
+        return text, int(hparams["sample_rate"])
+    stft = features.compute_STFT
+    rate = stft.sample_rate
+    text = ("compute_features: !new:speechbrain.lobes.features.Fbank\n"
+            f"    sample_rate: {rate}\n    n_fft: {stft.n_fft}\n"
+            f"    win_length: {round(stft.win_length * 1000 / rate, 3)}\n"
+            f"    hop_length: {round(stft.hop_length * 1000 / rate, 3)}\n"
+            f"    n_mels: {features.compute_fbanks.n_mels}\n\n"
+            "normalize: !new:speechbrain.processing.features.InputNormalization\n"
+            f"    norm_type: {normalize.norm_type}")
+    return text, rate
+
+
 def inference_yaml(hparams: dict, model_config: dict, model_class: str = "dld_brain.lobes.ConformerCTC",
                    kind: str = "ctc") -> str:
     """The text of ``inference.yaml`` for a model of ``model_class`` (``kind``: ctc / classifier) trained
-    with ``hparams``."""
+    with ``hparams``; the model arguments are written as JSON values (valid YAML: null, true, nested maps)."""
     output_key, output_class, output_file, interface, call = _OUTPUTS[kind]
-    fbank = hparams["compute_features"]
-    stft = fbank.compute_STFT
-    rate = stft.sample_rate
+    features, rate = features_yaml(hparams)
     config = dict(model_config, drop_prob=0.0)  # inference: no random gates
-    args = "\n".join(f"    {k}: {list(v) if isinstance(v, tuple) else v}" for k, v in config.items())
+    args = "\n".join(f"    {k}: {json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in config.items())
     return _TEMPLATE.format(
         sample_rate=rate, blank_index=hparams.get("blank_index", 0), method=hparams.get("method", "model"),
-        n_fft=stft.n_fft, win_ms=round(stft.win_length * 1000 / rate, 3), hop_ms=round(stft.hop_length * 1000 / rate, 3),
-        n_mels=fbank.compute_fbanks.n_mels, norm_type=hparams["normalize"].norm_type, model_args=args,
-        model_class=model_class, output_key=output_key, output_class=output_class, output_file=output_file,
-        interface=interface, call=call)
+        features=features, model_args=args, model_class=model_class, output_key=output_key,
+        output_class=output_class, output_file=output_file, interface=interface, call=call)
 
 
 def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[str, Path],
@@ -98,9 +111,15 @@ def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[
     model = modules["model"]
     kind = model_kind(model)
     model_class = f"{type(model).__module__}.{type(model).__qualname__}"
-    (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, model.config, model_class, kind))
+    # a model whose constructor arguments need the network (e.g. a hub WavLM) says how to rebuild it offline
+    config = model.bundle_config() if hasattr(model, "bundle_config") else model.config
+    (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, config, model_class, kind))
     torch.save(model.state_dict(), folder / "model.ckpt")
-    modules["normalize"]._save(folder / "normalize.ckpt")
+    normalize = modules["normalize"]
+    if hasattr(normalize, "_save"):  # SpeechBrain's InputNormalization: its own statistics format
+        normalize._save(folder / "normalize.ckpt")
+    else:
+        torch.save(normalize.state_dict(), folder / "normalize.ckpt")
     shutil.copyfile(output_map_file, folder / _OUTPUTS[kind][2])
     return folder
 
@@ -162,6 +181,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     asr = DynamicDepthASR.from_hparams(source=args.model)
     model = asr.mods.model.eval()
+    if "n_mels" not in model.config:
+        raise SystemExit(f"{args.model}: {type(model).__name__} reads raw waveforms; ONNX/TorchScript export "
+                         "covers the filterbank (conformer) models only. Load the bundle with "
+                         "dld_brain.inference.DynamicDepthASR instead.")
     out = Path(args.out or Path(args.model) / "export")
     out.mkdir(parents=True, exist_ok=True)
     n_mels = model.config["n_mels"]

@@ -128,9 +128,7 @@ def run_asr_recipe(
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
     fit_and_sweep(brain, datasets, hparams)
-    if not getattr(brain.model, "supports_inference_bundle", True):
-        logger.info("No inference bundle: %s is not described by dld_brain.export", type(brain.model).__name__)
-    elif sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
+    if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         tokenizer.prefix_model_file + ".model",
                                         Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")

@@ -7,12 +7,15 @@ import importlib.util
 
 import pandas as pd
 import pytest
+import speechbrain as sb
 import torch
 from conftest import REPO, tiny
 from transformers import WavLMConfig, WavLMModel
 
 from dld_brain.gates import DepthError
 from dld_brain.hparams import HparamsError, load_hparams
+from dld_brain.export import main as export_main
+from dld_brain.inference import DynamicDepthASR
 from dld_brain.lobes import GatedWavLMEncoder, WaveformNormalization, WavLMCTC, executed_parameters
 from dld_brain.lobes.wavlm import WavLMLoadError
 from dld_brain.recipe import run_asr_recipe
@@ -307,3 +310,30 @@ def test_fsdd_dld_teacher_frozen_and_student_initialised_from_it(trained):
     assert all(m is not teacher for m in dld.modules.values()) and "teacher" not in dld.checkpointer.recoverables
     # the teacher copy really is a separate module
     assert teacher is not dld.model and copy.deepcopy(teacher).encoder.num_layers == 3
+
+
+def test_inference_bundle_rebuilds_the_wavlm_offline(trained):
+    """The recipe's bundle describes the WavLM by its full configuration (no hub, no local folder) and gives
+    the recipe's own log-probabilities at every depth."""
+    root, _, dld = trained
+    bundle = root / "dld" / "inference"
+    text = (bundle / "inference.yaml").read_text()
+    assert "source: null" in text and "local_folder: null" in text and "WaveformNormalization" in text
+    asr = DynamicDepthASR.from_hparams(source=bundle)
+    wav = pd.read_csv(root / "prepared" / "test.csv")["wav"].iloc[0]
+    sig, lens = asr.read_audio(wav).unsqueeze(0), torch.ones(1)
+    model = dld.model.eval()
+    batch = type("B", (), {"sig": (sig, lens)})()
+    for depth in (1, 2, 3):
+        with torch.no_grad(), model.encoder.at_depth(depth):
+            feats, feat_lens = dld.compute_features(batch, sb.Stage.TEST)
+            want = model(feats, feat_lens)
+            got = asr._log_probs(sig, lens, depth=depth)
+        torch.testing.assert_close(got, want)
+        assert isinstance(asr.transcribe_file(wav, depth=depth), str)
+
+
+def test_export_cli_says_waveform_models_are_not_exported(trained, tmp_path):
+    root, _, _ = trained
+    with pytest.raises(SystemExit, match="reads raw waveforms"):
+        export_main(["--model", str(root / "dld" / "inference"), "--out", str(tmp_path)])

@@ -213,9 +213,6 @@ class WavLMCTC(torch.nn.Module):
     backbone's arguments are those of :class:`GatedWavLMEncoder`.
     """
 
-    #: the fbank-based inference bundle of dld_brain.export does not describe this model
-    supports_inference_bundle = False
-
     def __init__(
         self,
         vocab_size: int,
@@ -248,6 +245,15 @@ class WavLMCTC(torch.nn.Module):
             depth_policy=depth_policy, num_layers=num_layers)
         self.dropout = torch.nn.Dropout(head_dropout)
         self.ctc_head = torch.nn.Linear(self.encoder.output_size, vocab_size)
+
+    def bundle_config(self) -> dict:
+        """Constructor arguments that rebuild this model offline (for an inference bundle): the backbone's full
+        WavLM configuration instead of a hub name or local folder; the weights come from the bundle."""
+        wavlm_config = self.encoder.wavlm.config.to_dict()
+        for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+            wavlm_config.pop(key, None)
+        return dict(self.config, source=None, local_folder=None, config=wavlm_config, config_overrides={},
+                    num_layers=self.encoder.num_layers)
 
     def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor, layers=None) -> torch.Tensor:
         """Gated WavLM: (B, S) normalised waveforms -> (B, T, hidden)."""
