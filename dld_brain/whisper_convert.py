@@ -99,8 +99,8 @@ def ct2_to_hf_state_dict(v: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tens
     sd["model.encoder.conv1.weight"], sd["model.encoder.conv1.bias"] = _t(v["encoder/conv1/weight"]), _t(v["encoder/conv1/bias"])
     sd["model.encoder.conv2.weight"], sd["model.encoder.conv2.bias"] = _t(v["encoder/conv2/weight"]), _t(v["encoder/conv2/bias"])
     sd["model.encoder.embed_positions.weight"] = _t(v["encoder/position_encodings/encodings"])
-    for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
+    def copy_self_attention_and_ffn(dst: str, src: str):
+        """The parts every encoder and decoder layer has: self-attention, its norm, the feed-forward block."""
         att = f"{src}/self_attention"
         split_qkv(f"{dst}.self_attn", v[f"{att}/linear_0/weight"], v[f"{att}/linear_0/bias"], ("q_proj", "k_proj", "v_proj"))
         copy_lin(f"{dst}.self_attn.out_proj", f"{att}/linear_1")
@@ -108,23 +108,20 @@ def ct2_to_hf_state_dict(v: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tens
         copy_lin(f"{dst}.fc1", f"{src}/ffn/linear_0")
         copy_lin(f"{dst}.fc2", f"{src}/ffn/linear_1")
         copy_ln(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+
+    for i in range(n_enc):
+        copy_self_attention_and_ffn(f"model.encoder.layers.{i}", f"encoder/layer_{i}")
     copy_ln("model.encoder.layer_norm", "encoder/layer_norm")
     sd["model.decoder.embed_tokens.weight"] = _t(v["decoder/embeddings/weight"])
     sd["model.decoder.embed_positions.weight"] = _t(v["decoder/position_encodings/encodings"])
     for i in range(n_dec):
         src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        att = f"{src}/self_attention"
-        split_qkv(f"{dst}.self_attn", v[f"{att}/linear_0/weight"], v[f"{att}/linear_0/bias"], ("q_proj", "k_proj", "v_proj"))
-        copy_lin(f"{dst}.self_attn.out_proj", f"{att}/linear_1")
-        copy_ln(f"{dst}.self_attn_layer_norm", f"{att}/layer_norm")
-        cross = f"{src}/attention"
+        copy_self_attention_and_ffn(dst, src)
+        cross = f"{src}/attention"  # the decoder's cross-attention on the encoder output
         copy_lin(f"{dst}.encoder_attn.q_proj", f"{cross}/linear_0")
         split_qkv(f"{dst}.encoder_attn", v[f"{cross}/linear_1/weight"], v[f"{cross}/linear_1/bias"], ("k_proj", "v_proj"))
         copy_lin(f"{dst}.encoder_attn.out_proj", f"{cross}/linear_2")
         copy_ln(f"{dst}.encoder_attn_layer_norm", f"{cross}/layer_norm")
-        copy_lin(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        copy_lin(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        copy_ln(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
     copy_ln("model.decoder.layer_norm", "decoder/layer_norm")
     config = dict(
         vocab_size=v["decoder/embeddings/weight"].shape[0], num_mel_bins=v["encoder/conv1/weight"].shape[1],
