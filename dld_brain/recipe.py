@@ -136,13 +136,19 @@ def run_asr_recipe(
     return brain
 
 
-def fit_and_sweep(brain, datasets: dict, hparams: dict, metric: str = "WER", max_key: Optional[str] = None):
-    """Train (unless ``skip_training``) on ``datasets['train']``/``['valid']``, then run the depth sweep on
-    every set named in ``test_csvs``; shared by the ASR and the classification recipes."""
+def fit(brain, datasets: dict, hparams: dict) -> None:
+    """Train (unless ``skip_training``) on ``datasets['train']``/``['valid']`` with the recipes' loader options
+    (duration buckets when configured, private generators for exact resumption)."""
     if not hparams.get("skip_training", False):
         brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
                   train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
                   valid_loader_kwargs=private_generator(hparams["valid_dataloader_opts"], hparams))
+
+
+def fit_and_sweep(brain, datasets: dict, hparams: dict, metric: str = "WER", max_key: Optional[str] = None):
+    """:func:`fit`, then the depth sweep on every set named in ``test_csvs``; shared by the ASR and the
+    classification recipes."""
+    fit(brain, datasets, hparams)
     test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
     return depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
                        depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),

@@ -42,6 +42,7 @@ from speechbrain.utils.metric_stats import ClassificationStats
 from dld_brain.askd import top1_agreement
 from dld_brain.brain import DynamicDepthCTCBrain
 from dld_brain.faults import nan_loss
+from dld_brain.gates import select_layers
 from dld_brain.losses import posterior_kl
 
 
@@ -134,11 +135,8 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
         layer set)."""
         encoder = self.model.encoder
         if stage == sb.Stage.VALID:
-            sets = []
-            for depth in self.valid_depths():
-                with encoder.at_depth(depth) as layers:
-                    sets.append(layers)
-            self.calibrate_pool_norms(sets)
+            self.calibrate_pool_norms([select_layers(encoder.num_layers, depth, policy=encoder.depth_policy)
+                                       for depth in self.valid_depths()])
         elif stage == sb.Stage.TEST:
             layers = encoder.inference_layers
             self.calibrate_pool_norms([list(range(encoder.num_layers)) if layers is None else list(layers)])

@@ -32,6 +32,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from dld_brain.gates import select_layers
 from dld_brain.lobes.conformer import ConformerCTC
 from dld_brain.losses import valid_frame_mask
 
@@ -152,10 +153,8 @@ class ConformerClassifier(ConformerCTC):
         if not batches:
             raise ValueError("calibrate_pool_norms needs at least one batch of (feats, wav_lens)")
         if layer_sets is None:
-            layer_sets = []
-            for depth in range(1, self.encoder.num_layers + 1):
-                with self.encoder.at_depth(depth) as layers:
-                    layer_sets.append(layers)
+            n = self.encoder.num_layers
+            layer_sets = [select_layers(n, depth, policy=self.encoder.depth_policy) for depth in range(1, n + 1)]
         was_training = self.training
         self.eval()
         try:

@@ -29,9 +29,7 @@ sys.path.insert(0, str(ROOT / "recipes" / "FSDD"))
 import speechbrain as sb  # noqa: E402
 
 from dld_brain.dataio import make_asr_datasets  # noqa: E402
-from dld_brain.recipe import (  # noqa: E402
-    build_tokenizer, main_guard, private_generator, setup_experiment, train_loader_options,
-)
+from dld_brain.recipe import build_tokenizer, fit, main_guard, setup_experiment  # noqa: E402
 from dld_brain.selector_brain import SelectorCTCBrain  # noqa: E402
 from dld_brain.selector_eval import (  # noqa: E402
     cache_frontend, compare_at_budgets, measure_selector_latency, write_outputs,
@@ -99,10 +97,7 @@ def run(args, extra) -> None:
     brain = SelectorCTCBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
                              run_opts=run_opts, checkpointer=hparams["checkpointer"])
     t0 = time.time()
-    if not hparams.get("skip_training", False):
-        brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
-                  train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
-                  valid_loader_kwargs=private_generator(hparams["valid_dataloader_opts"], hparams))
+    fit(brain, datasets, hparams)
     t_selector = time.time() - t0
     t0 = time.time()
     brain.on_evaluate_start(min_key="WER")  # best selector checkpoint (mean validation WER over budgets)
