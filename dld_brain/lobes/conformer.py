@@ -124,7 +124,7 @@ class ConformerCTC(torch.nn.Module):
     log-probabilities (B, T', vocab), T' = T/4 with the default front-end. The encoder depth is chosen with
     ``model.encoder.set_depth``.
     The front-end has one stride-2 conv block per entry of ``cnn_channels``: the default two give 4x
-    subsampling (40 ms frames), three give 8x (80 ms; enough for utterance classification, half the cost).
+    subsampling (40 ms frames), three give 8x (80 ms; half the encoder frames, enough for utterance classification).
     """
 
     def __init__(
