@@ -328,15 +328,24 @@ class DynamicDepthCTCBrain(sb.Brain):
                 "training stopped. The last checkpoint is intact: lower lr, check the data (see "
                 "skipped_<set>.txt), or train in float32 (--precision=fp32), then rerun to resume.")
 
+    def lr_schedules(self) -> list:
+        """(scheduler, optimizer) pairs advanced once per optimiser step: ``lr_annealing`` on ``optimizer``."""
+        annealing = self.hparams_get("lr_annealing")
+        return [(annealing, self.optimizer)] if annealing is not None else []
+
     def optimizers_step(self):
-        """SpeechBrain's step, except after a non-finite loss: then the gradients are dropped and the
-        parameters, optimiser state and learning-rate schedule are left untouched."""
+        """SpeechBrain's step with the learning-rate schedule applied BEFORE it (so optimiser step k uses the
+        schedule's value for step k: warm-up starts at ``lr / warmup_steps``, not at the peak), except after a
+        non-finite loss: then the gradients are dropped and the parameters, optimiser state and schedule
+        are left untouched."""
         if getattr(self, "_skip_step", False):
             self._skip_step = False
             self._skipped_step = True
             for param in self.modules.parameters():
                 param.grad = None
             return
+        for scheduler, optimizer in self.lr_schedules():
+            scheduler(optimizer)
         super().optimizers_step()
 
     def on_evaluate_start(self, max_key=None, min_key=None):
@@ -367,12 +376,10 @@ class DynamicDepthCTCBrain(sb.Brain):
             logger.info("Evaluating the average of %d checkpoints: %s", len(ckpts), [c.path.name for c in ckpts])
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Step the per-batch learning-rate schedule, if the YAML defines ``lr_annealing``."""
-        annealing = self.hparams_get("lr_annealing")
+        """After an optimiser step (not a skipped one): the ASKD EMA update; then the fault-injection hook.
+        (The learning-rate schedule is applied before each step, in :meth:`optimizers_step`.)"""
         skipped = getattr(self, "_skipped_step", False)
         self._skipped_step = False
-        if should_step and annealing is not None and not skipped:
-            annealing(self.optimizer)
         if should_step and self.askd is not None and not skipped:
             self.askd.after_batch(self.model)
         maybe_kill("after_step", self.step)
