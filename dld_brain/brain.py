@@ -112,6 +112,20 @@ class DynamicDepthCTCBrain(sb.Brain):
         """A hyperparameter or ``default`` when the YAML does not define it."""
         return getattr(self.hparams, key, default)
 
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's, plus: a training sampler we built (e.g. the duration-bucketing
+        ``DynamicBatchSampler`` of ``dynamic_batching: True``) becomes ``self.train_sampler`` when SpeechBrain
+        left it unset (one process; under DDP it is SpeechBrain's wrapper around ours). SpeechBrain calls
+        ``set_epoch(epoch)`` only on ``train_sampler``: without this every epoch saw the same batches. With
+        it each epoch gets a new batch order that depends only on (seed, epoch), so a run resumed mid-epoch
+        skips into exactly the batches the uninterrupted run saw."""
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN and self.train_sampler is None:
+            sampler = loader_kwargs.get("batch_sampler") or loader_kwargs.get("sampler")
+            if hasattr(sampler, "set_epoch"):
+                self.train_sampler = sampler
+        return loader
+
     # ----------------------------------------------------------------- teacher
     def _setup_teacher(self, checkpoint) -> None:
         """Load the frozen teacher; initialise the student from it when asked (before any resume)."""

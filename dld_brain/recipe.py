@@ -73,8 +73,9 @@ def train_loader_options(hparams: dict, train_set) -> dict:
         return opts
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
-    sampler = DynamicBatchSampler(train_set, length_func=lambda x: float(x["duration"]),
-                                  **hparams["dynamic_batch_sampler_train"])
+    sampler_opts = dict(hparams["dynamic_batch_sampler_train"])
+    sampler_opts.setdefault("seed", int(hparams.get("seed", 0)))  # batch order follows the experiment's seed
+    sampler = DynamicBatchSampler(train_set, length_func=lambda x: float(x["duration"]), **sampler_opts)
     return {"batch_sampler": sampler, "num_workers": opts.get("num_workers", 0), "generator": opts["generator"]}
 
 
