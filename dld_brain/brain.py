@@ -383,6 +383,11 @@ class DynamicDepthCTCBrain(sb.Brain):
         if not ckpts:
             raise EvaluationError(f"no trained checkpoint in {self.checkpointer.checkpoints_dir}: train the "
                                   "model first (skip_training: False) or point save_folder at a trained run")
+        if not epoch and len(ckpts) < avg:
+            raise EvaluationError(
+                f"avg_checkpoints: {avg} but only {len(ckpts)} checkpoint(s) kept in "
+                f"{self.checkpointer.checkpoints_dir}: train with --ckpts_to_keep={avg} (or more), or ask for "
+                f"--avg_checkpoints={len(ckpts)}")
         self.checkpointer.load_checkpoint(ckpts[0])
         if len(ckpts) > 1:
             averaged = sb.utils.checkpoints.average_checkpoints(ckpts, "model")
