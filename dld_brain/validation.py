@@ -205,21 +205,22 @@ def audio_problems_parallel(rows: Sequence[dict], level: str = "header", min_dur
                             progress_bar: bool = True) -> dict[str, str]:
     """``{ID: reason}`` for the rows whose audio cannot be used, checked in parallel with a progress bar
     (SpeechBrain's ``parallel_map``, as its LibriSpeech preparation reads headers). Small manifests (or
-    ``process_count=1``) are checked in this process, where a pool would cost more than it saves."""
+    one available CPU, ``SB_NUM_PROC=1``) are checked in this process, where a pool costs more than it saves."""
     if level not in CHECK_LEVELS:
         raise ValueError(f"check_audio must be one of {CHECK_LEVELS}, got {level!r}")
     if level == "off":
         return {}
     tasks = [(row["wav"], _int_or_none(row.get("start")), _int_or_none(row.get("stop")), min_duration_s,
               silence_peak, level) for row in rows]
+    from speechbrain.utils.parallel import get_available_cpu_count, parallel_map
+
     if process_count is None:
-        process_count = 1 if len(tasks) < 2000 else None
+        process_count = 1 if len(tasks) < 2000 else get_available_cpu_count()
     if process_count == 1:
         from tqdm import tqdm
 
         results = [_check_one(t) for t in tqdm(tasks, disable=not progress_bar, desc="audio check")]
     else:
-        from speechbrain.utils.parallel import parallel_map
 
         results = list(parallel_map(_check_one, tasks, process_count=process_count, chunk_size=64,
                                     progress_bar=progress_bar,

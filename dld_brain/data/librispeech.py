@@ -104,12 +104,16 @@ def read_headers(files: Sequence[Path], process_count: Optional[int] = None
                  ) -> list[tuple[Optional[float], Optional[str]]]:
     """:func:`flac_header` of every file, in order, read in parallel with a progress bar (SpeechBrain's
     ``parallel_map``, as SpeechBrain's own LibriSpeech preparation does; ``SB_NUM_PROC`` caps the processes).
-    A few hundred files are read in this process, where starting a pool costs more than it saves."""
-    if process_count is None and len(files) < PARALLEL_FROM:
-        process_count = 1
+    A few hundred files, or one available CPU (``SB_NUM_PROC=1``), are read in this process, where a pool
+    costs more than it saves."""
+    from speechbrain.utils.parallel import get_available_cpu_count, parallel_map
+
+    if process_count is None:
+        process_count = 1 if len(files) < PARALLEL_FROM else get_available_cpu_count()
     if process_count == 1:
-        return [flac_header(f) for f in files]
-    from speechbrain.utils.parallel import parallel_map
+        from tqdm import tqdm
+
+        return [flac_header(f) for f in tqdm(files, desc="LibriSpeech headers", disable=len(files) < PARALLEL_FROM)]
 
     return list(parallel_map(flac_header, files, process_count=process_count, chunk_size=64,
                              progress_bar_kwargs={"desc": "LibriSpeech headers", "smoothing": 0.02}))
