@@ -12,9 +12,10 @@ import torch
 import torchaudio
 from speechbrain.dataio.dataio import read_audio
 from speechbrain.tokenizers.SentencePiece import SentencePiece
+from speechbrain.utils.distributed import run_on_main
 
 from dld_brain.data.manifest import DataPrepError, read_manifest
-from dld_brain.validation import check_rows, report_problems
+from dld_brain.validation import cached_audio_problems, check_rows, report_problems, split_test_rows
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,18 @@ def train_tokenizer(
 def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.DynamicItemDataset]:
     """Build {"train", "valid", <test names>} datasets with ``sig`` and ``tokens`` items.
 
-    Reads ``train_csv``, ``valid_csv`` and ``test_csvs`` ({name: path}); rows with bad audio or text are
-    handled by the rules of :mod:`dld_brain.validation` (``check_audio``, ``min_duration_s``,
-    ``on_bad_data``); sorts training data by duration (``sorting``: ascending/descending/random) and drops
-    utterances longer than ``max_duration_s``.
+    Reads ``train_csv``, ``valid_csv`` and ``test_csvs`` ({name: path}). Audio checks (``check_audio``,
+    ``min_duration_s``) run once per manifest on the main process and are cached beside it
+    (:func:`dld_brain.validation.cached_audio_problems`). Training and validation rows with bad audio or
+    text follow ``on_bad_data``; test rows are never dropped (:func:`dld_brain.validation.split_test_rows`):
+    references with units the tokenizer lacks are scored (their words count as errors) and rows whose audio
+    cannot be read are scored as empty hypotheses; both are counted, logged and attached to the dataset
+    (``outside_tokenizer``, ``unreadable_refs``) for the depth sweep. Sorts training data by duration
+    (``sorting``: ascending/descending/random) and drops utterances longer than ``max_duration_s``.
     """
     sample_rate = hparams["sample_rate"]
     sp = tokenizer.sp if hasattr(tokenizer, "sp") else tokenizer
+    unk = sp.unk_id() if sp is not None else None
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
@@ -87,14 +93,25 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
         yield wrd
         yield torch.LongTensor(sp.encode_as_ids(wrd))
 
-    def load(name: str, csv_path: str):
-        rows = read_manifest(csv_path)  # clear error when missing/empty/malformed
-        kept, problems = check_rows(rows, sp, level=hparams.get("check_audio", "header"),
-                                    min_duration_s=float(hparams.get("min_duration_s", 0.1)))
-        report_problems(name, csv_path, len(rows), problems, hparams.get("output_folder"),
-                        hparams.get("on_bad_data", "skip"))
-        if not kept:
-            raise DataPrepError(f"no usable rows left in {csv_path} (see skipped_{name}.txt)")
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("wrd", "tokens")
+    def test_text_pipeline(wrd):
+        """As text_pipeline, without the <unk> ids (unk is the CTC blank); the tokens only feed the test
+        loss, the WER is scored on ``wrd``."""
+        yield wrd
+        yield torch.LongTensor([i for i in sp.encode_as_ids(wrd) if i != unk])
+
+    level = hparams.get("check_audio", "header")
+    min_dur = float(hparams.get("min_duration_s", 0.1))
+    report_dir = hparams.get("output_folder")
+
+    def audio_checks(csv_path: str, rows: list) -> dict:
+        """Audio problems of a manifest: checked once on the main process, then read from the cache."""
+        kwargs = dict(csv_path=csv_path, rows=rows, level=level, min_duration_s=min_dur)
+        run_on_main(cached_audio_problems, kwargs=kwargs)
+        return cached_audio_problems(**kwargs)
+
+    def dataset(csv_path: str, kept: list, text_item):
         data = {row["ID"]: {k: v for k, v in row.items() if k != "ID"} for row in kept}
         for row in data.values():
             row.setdefault("start", "")
@@ -103,8 +120,31 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
                 row["duration"] = float(row["duration"])
             except ValueError:
                 raise DataPrepError(f"{csv_path}: non-numeric duration {row['duration']!r}") from None
-        ds = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[audio_pipeline, text_pipeline],
-                                                  output_keys=["id", "sig", "wrd", "tokens", "duration"])
+        return sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[audio_pipeline, text_item],
+                                                    output_keys=["id", "sig", "wrd", "tokens", "duration"])
+
+    def load(name: str, csv_path: str):
+        rows = read_manifest(csv_path)  # clear error when missing/empty/malformed
+        kept, problems = check_rows(rows, sp, level=level, min_duration_s=min_dur,
+                                    audio_problems=audio_checks(csv_path, rows))
+        report_problems(name, csv_path, len(rows), problems, report_dir, hparams.get("on_bad_data", "skip"))
+        if not kept:
+            raise DataPrepError(f"no usable rows left in {csv_path} (see skipped_{name}.txt)")
+        return dataset(csv_path, kept, text_pipeline)
+
+    def load_test(name: str, csv_path: str):
+        rows = read_manifest(csv_path)
+        scored, outside, unreadable = split_test_rows(rows, sp, audio_checks(csv_path, rows))
+        bad_audio = [item for item in unreadable if item[2] != "empty transcript"]
+        if bad_audio and hparams.get("on_bad_data", "skip") == "error":
+            report_problems(name, csv_path, len(rows), bad_audio, report_dir, "error")
+        report_test_rows(name, csv_path, len(rows), outside, unreadable, report_dir)
+        if not scored:
+            raise DataPrepError(f"no test row of {csv_path} has readable audio (see unreadable_{name}.txt)")
+        ds = dataset(csv_path, scored, test_text_pipeline).filtered_sorted(sort_key="duration")
+        wrd = {row["ID"]: row.get("wrd", "") for row in rows}
+        ds.outside_tokenizer = outside
+        ds.unreadable_refs = [(utt, wrd[utt], reason) for utt, _, reason in unreadable if wrd[utt].strip()]
         return ds
 
     datasets = {"train": load("train", hparams["train_csv"]), "valid": load("valid", hparams["valid_csv"])}
@@ -119,8 +159,35 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
         datasets["train"] = datasets["train"].filtered_sorted(key_max_value=key_max)
     datasets["valid"] = datasets["valid"].filtered_sorted(sort_key="duration")
     for name, path in hparams.get("test_csvs", {}).items():
-        datasets[name] = load(name, path).filtered_sorted(sort_key="duration")
+        datasets[name] = load_test(name, path)
     return datasets
+
+
+def report_test_rows(name: str, source: str, total: int, outside: list, unreadable: list,
+                     report_dir: Optional[str]) -> None:
+    """Log how every reference of a test set is scored; list the special ones in ``<report_dir>/``
+    ``outside_tokenizer_<name>.txt`` (references with units the tokenizer lacks) and
+    ``unreadable_<name>.txt`` (rows scored as empty hypotheses, or ignored for an empty reference)."""
+    empty = sum(1 for *_, reason in unreadable if reason == "empty transcript")
+    logger.info("Test set %s (%s): %d of %d references scored; %d hold units the tokenizer cannot output "
+                "(scored, those words count as errors); %d with unreadable audio scored as empty hypotheses; "
+                "%d empty references ignored", name, source, total - empty, total, len(outside),
+                len(unreadable) - empty, empty)
+    if report_dir is None or not sb.utils.distributed.if_main_process():
+        return
+    for kind, items, header in (("outside_tokenizer", outside, "ID\twrd\treason"),
+                                ("unreadable", unreadable, "ID\twav\treason")):
+        path = Path(report_dir) / f"{kind}_{name}.txt"
+        if items:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(header + "\n" + "\n".join("\t".join(item) for item in items) + "\n")
+        elif path.exists():
+            path.unlink()
+    if outside:
+        logger.warning("Test set %s: %d of %d references hold units the tokenizer cannot output, e.g. %s; "
+                       "they are scored as they are (list in %s)", name, len(outside), total,
+                       "; ".join(f"{i}: {r}" for i, _, r in outside[:3]),
+                       Path(report_dir) / f"outside_tokenizer_{name}.txt")
 
 
 def _as_int(value) -> Optional[int]:

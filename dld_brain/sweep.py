@@ -23,7 +23,10 @@ from dld_brain.lobes.conformer import executed_parameters
 logger = logging.getLogger(__name__)
 
 SWEEP_COLUMNS = ["method", "test_set", "depth", "layers", "WER", "encoder_params", "total_params",
-                 "encoder_latency_ms", "latency_ratio", "ideal_ratio"]
+                 "encoder_latency_ms", "latency_ratio", "ideal_ratio",
+                 # test references with units the tokenizer lacks (scored, those words are errors) and with
+                 # unreadable audio (scored as empty hypotheses); see dld_brain.validation.split_test_rows
+                 "refs_outside_tokenizer", "refs_unreadable"]
 
 
 def measure_encoder_latency(
@@ -106,7 +109,9 @@ def depth_sweep(
             rows.append({"method": method, "test_set": set_name, "depth": depth,
                          "layers": " ".join(str(i) for i in layers),
                          metric: round(brain.test_stats[metric], 2),
-                         "encoder_params": params["encoder"], "total_params": params["total"]})
+                         "encoder_params": params["encoder"], "total_params": params["total"],
+                         "refs_outside_tokenizer": len(getattr(dataset, "outside_tokenizer", ())),
+                         "refs_unreadable": len(getattr(dataset, "unreadable_refs", ()))})
             logger.info("%s %s depth %d (layers %s): %s %.2f", method, set_name, depth, layers, metric,
                         brain.test_stats[metric])
         brain.wer_file = None

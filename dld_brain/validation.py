@@ -16,11 +16,25 @@ other sample rate / stereo                       kept: resampled / channels aver
 
 ``check_audio: header`` reads only file headers (fast, for large corpora); ``full`` also decodes the
 samples (detects truncation and silence); ``off`` trusts the manifest.
+
+The audio checks of a manifest run once, on the main process, with a progress bar and headers read in
+parallel (:func:`cached_audio_problems`); their result is kept next to the manifest in a sidecar
+``.<manifest>.audio_check.json`` keyed by the manifest's SHA-1 and the check options, so later launches,
+other methods, every rank and every evaluation reuse it while the manifest is unchanged.
+
+Test sets follow other rules (:func:`split_test_rows`): a reference is never dropped for its text, since
+that would shrink the WER's denominator (a LibriSpeech model scored on TED-LIUM 3 would lose exactly the
+references it cannot spell); such references are decoded and scored, their missing units count as errors,
+and how many there are is reported.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -114,20 +128,138 @@ def check_rows(
     level: str = "header",
     min_duration_s: float = 0.1,
     silence_peak: float = 1e-4,
+    audio_problems: Optional[dict[str, str]] = None,
 ) -> tuple[list[dict], list[tuple[str, str, str]]]:
-    """Split manifest rows into (usable rows, [(ID, wav, reason), ...])."""
+    """Split manifest rows into (usable rows, [(ID, wav, reason), ...]).
+
+    ``audio_problems`` ({ID: reason}, from :func:`cached_audio_problems`) replaces the audio checks; without
+    it every row's audio is checked here (slow for a large corpus)."""
     if level not in CHECK_LEVELS:
         raise ValueError(f"check_audio must be one of {CHECK_LEVELS}, got {level!r}")
     kept, problems = [], []
     for row in rows:
-        start, stop = _int_or_none(row.get("start")), _int_or_none(row.get("stop"))
-        reason = text_problem(row.get("wrd", ""), sp) or audio_problem(
-            row["wav"], min_duration_s, silence_peak, level, start, stop)
+        if audio_problems is not None:
+            audio_reason = audio_problems.get(row["ID"])
+        else:
+            audio_reason = audio_problem(row["wav"], min_duration_s, silence_peak, level,
+                                         _int_or_none(row.get("start")), _int_or_none(row.get("stop")))
+        reason = text_problem(row.get("wrd", ""), sp) or audio_reason
         if reason:
             problems.append((row["ID"], row["wav"], reason))
         else:
             kept.append(row)
     return kept, problems
+
+
+def split_test_rows(
+    rows: Sequence[dict], sp=None, audio_problems: Optional[dict[str, str]] = None,
+) -> tuple[list[dict], list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """Test-set rules: ``(scored rows, [(ID, wrd, units the tokenizer lacks)], [(ID, wav, reason)])``.
+
+    A reference whose units the tokenizer cannot encode stays in the set (listed in the second list): the
+    model is scored on it and every word it cannot output counts as an error. Rows whose audio cannot be
+    decoded (``audio_problems``) are listed in the third list; the caller scores them as empty hypotheses
+    (every reference word a deletion), so no reference leaves the WER. Only a row with an empty reference
+    (nothing to score) is ignored, and it is listed there too.
+    """
+    scored, outside, unreadable = [], [], []
+    for row in rows:
+        text = row.get("wrd", "")
+        if not text or not text.strip():
+            unreadable.append((row["ID"], row["wav"], "empty transcript"))
+            continue
+        reason = (audio_problems or {}).get(row["ID"])
+        if reason:
+            unreadable.append((row["ID"], row["wav"], reason))
+            continue
+        lacking = text_problem(text, sp)
+        if lacking:
+            outside.append((row["ID"], text, lacking))
+        scored.append(row)
+    return scored, outside, unreadable
+
+
+def manifest_digest(csv_path: str | os.PathLike) -> str:
+    """SHA-1 of a manifest's bytes (the key under which its audio checks are cached)."""
+    digest = hashlib.sha1()
+    with open(csv_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def audio_check_sidecar(csv_path: str | os.PathLike) -> Path:
+    """Where the audio checks of ``csv_path`` are cached: ``.<name>.audio_check.json`` beside it."""
+    csv_path = Path(csv_path)
+    return csv_path.parent / f".{csv_path.name}.audio_check.json"
+
+
+def _check_one(task: tuple) -> Optional[str]:
+    """:func:`audio_problem` of one ``(wav, start, stop, min_duration_s, silence_peak, level)`` (picklable)."""
+    wav, start, stop, min_duration_s, silence_peak, level = task
+    return audio_problem(wav, min_duration_s, silence_peak, level, start, stop)
+
+
+def audio_problems_parallel(rows: Sequence[dict], level: str = "header", min_duration_s: float = 0.1,
+                            silence_peak: float = 1e-4, process_count: Optional[int] = None,
+                            progress_bar: bool = True) -> dict[str, str]:
+    """``{ID: reason}`` for the rows whose audio cannot be used, checked in parallel with a progress bar
+    (SpeechBrain's ``parallel_map``, as its LibriSpeech preparation reads headers). Small manifests (or
+    one available CPU, ``SB_NUM_PROC=1``) are checked in this process, where a pool costs more than it saves."""
+    if level not in CHECK_LEVELS:
+        raise ValueError(f"check_audio must be one of {CHECK_LEVELS}, got {level!r}")
+    if level == "off":
+        return {}
+    tasks = [(row["wav"], _int_or_none(row.get("start")), _int_or_none(row.get("stop")), min_duration_s,
+              silence_peak, level) for row in rows]
+    from speechbrain.utils.parallel import get_available_cpu_count, parallel_map
+
+    if process_count is None:
+        process_count = 1 if len(tasks) < 2000 else get_available_cpu_count()
+    if process_count == 1:
+        from tqdm import tqdm
+
+        results = [_check_one(t) for t in tqdm(tasks, disable=not progress_bar, desc="audio check")]
+    else:
+
+        results = list(parallel_map(_check_one, tasks, process_count=process_count, chunk_size=64,
+                                    progress_bar=progress_bar,
+                                    progress_bar_kwargs={"desc": "audio check", "smoothing": 0.02}))
+    return {row["ID"]: reason for row, reason in zip(rows, results) if reason}
+
+
+def cached_audio_problems(csv_path: str | os.PathLike, rows: Sequence[dict], level: str = "header",
+                          min_duration_s: float = 0.1, silence_peak: float = 1e-4,
+                          process_count: Optional[int] = None) -> dict[str, str]:
+    """The audio problems of manifest ``csv_path`` (whose rows are ``rows``), from its sidecar when that was
+    written for the same manifest bytes and options, else checked now (:func:`audio_problems_parallel`)
+    and stored. Call it on the main process (``run_on_main``); the other ranks then read the sidecar."""
+    sidecar = audio_check_sidecar(csv_path)
+    key = {"manifest_sha1": manifest_digest(csv_path), "level": level, "min_duration_s": float(min_duration_s),
+           "silence_peak": float(silence_peak)}
+    if level == "off":
+        return {}
+    try:
+        cached = json.loads(sidecar.read_text())
+        if cached.get("key") == key:
+            logger.info("Audio checks of %s reused from %s (%d problems)", csv_path, sidecar.name,
+                        len(cached["problems"]))
+            return dict(cached["problems"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no sidecar, or one from another manifest or options: check again
+    began = time.perf_counter()
+    problems = audio_problems_parallel(rows, level, min_duration_s, silence_peak, process_count)
+    seconds = time.perf_counter() - began
+    logger.info("Checked the audio of %d rows of %s (%s) in %.1f s: %d problems; cached in %s", len(rows),
+                csv_path, level, seconds, len(problems), sidecar.name)
+    tmp = sidecar.with_name(sidecar.name + f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"key": key, "rows": len(rows), "seconds": round(seconds, 3),
+                                   "problems": problems}, indent=0))
+        os.replace(tmp, sidecar)
+    except OSError as err:  # a read-only prepared corpus: the checks still apply, only not cached
+        logger.warning("Could not cache the audio checks of %s in %s: %s", csv_path, sidecar, err)
+    return problems
 
 
 def report_problems(name: str, source: str, total: int, problems: list, report_dir: Optional[Path],

@@ -162,3 +162,48 @@ def test_bad_options(corpus, tmp_path):
         prepare_librispeech(root, tmp_path, on_missing="ignore", **SPLITS)
     with pytest.raises(DataPrepError, match="also a split name"):
         prepare_librispeech(root, tmp_path, merge_train_name="dev-clean", **SPLITS)
+
+
+def test_headers_read_in_parallel_give_the_same_manifest(copy, tmp_path):
+    """Worker processes (SpeechBrain's parallel_map) read the headers; the manifest, including what is
+    unreadable, is the one the calling process reads alone."""
+    from dld_brain.data.librispeech import flac_header, read_headers
+
+    root, chapter = copy
+    broken = sorted(chapter.glob("*.flac"))[0]
+    broken.write_bytes(b"not a flac")
+    flacs = sorted(root.glob("*/*/*/*.flac"))
+    alone = [flac_header(f) for f in flacs]
+    assert read_headers(flacs, process_count=2) == alone
+    assert [f for f, (_, reason) in zip(flacs, alone) if reason] == [broken]
+    assert all(duration > 0 for duration, reason in alone if not reason)
+
+
+def test_audio_checks_run_once_and_are_reused_while_the_manifest_is_unchanged(corpus, tmp_path, monkeypatch):
+    """The launch's audio checks are cached beside the manifest: a second launch (another method, another
+    rank, an evaluation) reads no audio; a changed manifest or check level is checked again."""
+    from dld_brain import validation
+    from dld_brain.data.manifest import read_manifest
+
+    root, _ = corpus
+    csv = prepare_librispeech(root, tmp_path, **SPLITS)["train"]
+    rows = read_manifest(csv)
+    rows[1]["wav"] = str(tmp_path / "gone.flac")
+    with open(csv, "a") as handle:  # the manifest now holds a row whose audio is missing
+        handle.write(f"extra-0-0,1.0,{tmp_path / 'gone.flac'},1,ONE\n")
+    rows = read_manifest(csv)
+    checked = []
+    real = validation.audio_problem
+    monkeypatch.setattr(validation, "audio_problem", lambda wav, *a: checked.append(wav) or real(wav, *a))
+    first = validation.cached_audio_problems(csv, rows, level="header")
+    assert len(checked) == len(rows) and first == {"extra-0-0": "audio file missing"}
+    assert validation.audio_check_sidecar(csv).is_file()
+    checked.clear()
+    assert validation.cached_audio_problems(csv, rows, level="header") == first and checked == []
+    validation.cached_audio_problems(csv, rows, level="full")  # other options: checked again
+    assert len(checked) == len(rows)
+    checked.clear()
+    with open(csv, "a") as handle:
+        handle.write(f"extra-0-1,1.0,{rows[0]['wav']},1,TWO\n")
+    again = validation.cached_audio_problems(csv, read_manifest(csv), level="header")
+    assert len(checked) == len(rows) + 1 and again == first

@@ -6,6 +6,7 @@ stm lines and missing/corrupt audio."""
 
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,17 +129,34 @@ def test_segment_past_audio_end(copy, tmp_path, caplog):
     assert f"1 clipped segments ({stm.name}:{number})" in caplog.text
     last = pd.read_csv(out["dev"]).query("wrd == 'ONE'")
     assert last["stop"].tolist() == [frames] and last["start"].tolist() == [round((end - 0.25) * 16000)]
-    number = append(stm, f"{stm.stem} 1 {stm.stem} {end - 0.2:.2f} {end + 3:.2f} <o,f0,male> two")
-    with pytest.raises(DataPrepError, match=rf"{stm.name}:{number}: segment .* of talk {stm.stem} ends after "
-                                            rf"its audio {sph.name} \({end:.2f} s\)"):
-        prepare_tedlium3(root, tmp_path / "b", splits=("dev",))
+
+
+def test_stm_bad_line_is_skipped_and_counted(copy, tmp_path, caplog):
+    """Lines whose times cannot be right (past the audio, starting after it, ending before they start) are
+    skipped, counted and named; the rest of the talk and split is prepared."""
+    root, stm = copy
+    sph = root / "legacy" / "dev" / "sph" / f"{stm.stem}.sph"
+    end = soundfile.info(str(sph)).frames / 16000
+    before = len(pd.read_csv(prepare_tedlium3(root, tmp_path / "a", splits=("dev",))["dev"]))
+    past = append(stm, f"{stm.stem} 1 {stm.stem} {end - 0.2:.2f} {end + 3:.2f} <o,f0,male> two",
+                  f"{stm.stem} 1 {stm.stem} {end + 1:.2f} {end + 2:.2f} <o,f0,male> three",
+                  f"{stm.stem} 1 {stm.stem} 2.00 1.00 <o,f0,male> four")
+    with caplog.at_level(logging.INFO, logger="dld_brain.data.tedlium"):
+        out = prepare_tedlium3(root, tmp_path / "b", splits=("dev",))
+    table = pd.read_csv(out["dev"])
+    assert len(table) == before and not table["wrd"].isin(["TWO", "THREE", "FOUR"]).any()
+    assert "skipped 3 with impossible times" in caplog.text
+    assert "3 skipped (impossible times) segments (" in caplog.text
+    assert (f"{stm.name}:{past} ({end - 0.2:.2f}..{end + 3:.2f} s runs past the {end:.2f} s of {sph.name})"
+            in caplog.text)
+    assert f"{stm.name}:{past + 1} ({end + 1:.2f}..{end + 2:.2f} s runs past" in caplog.text
+    assert f"{stm.name}:{past + 2} (2.00..1.00 s ends before it starts)" in caplog.text
 
 
 @pytest.mark.parametrize("line, problem", [
     ("Talk_2010X 1 Talk_2010X", " 'Talk_2010X 1 Talk_2010X' \\(3 fields\\)"),
     ("Talk_2010X 1 Talk_2010X 1.0 x <o,f0,male> one", ", start/end are not numbers: '1.0' 'x'"),
     ("Talk_2010X 1 Talk_2010X 1.0 2.0 one two three", ", 6th field 'one' is not a label like <o,f0,male>"),
-    ("Talk_2010X 1 Talk_2010X 2.0 1.0 <o,f0,male> one", ", segment 2.0..1.0 s ends before it starts"),
 ])
 def test_malformed_stm_line(copy, tmp_path, line, problem):
     root, stm = copy
@@ -172,3 +190,74 @@ def test_missing_folders_are_named(copy, tmp_path):
     assert not (tmp_path / "dev.csv").exists()  # checked before any manifest is written
     with pytest.raises(DataPrepError, match="TED-LIUM 3 folder not found: .*speaker-adaptation"):
         prepare_tedlium3(root, tmp_path, release_subdir="speaker-adaptation")
+
+
+# ---- a LibriSpeech model scored on TED-LIUM 3: every reference counts ------------------------------------
+
+
+def test_cross_corpus_every_tedlium_reference_is_scored(tmp_path, fsdd_dir):
+    """A model whose tokenizer was trained on LibriSpeech-layout text (digit words: no apostrophe) is scored
+    on a TED-LIUM-layout test set whose references hold ``IT'S`` and a digit: every reference is in the WER
+    (the units it cannot output count as errors), a row with unreadable audio is scored as an empty
+    hypothesis, and the counts are logged and in the sweep table."""
+    import sys
+
+    import torch
+    from conftest import REPO
+    from corpus_fixtures import make_librispeech_fixture
+
+    from dld_brain.brain import DynamicDepthCTCBrain
+    from dld_brain.dataio import make_asr_datasets
+    from dld_brain.recipe import build_tokenizer, fit, setup_experiment
+    from dld_brain.sweep import depth_sweep
+
+    libri = make_librispeech_fixture(tmp_path / "libri", fsdd_dir, splits=("train-clean-100", "dev-clean"),
+                                     utts_per_chapter=4)
+    ted = make_tedlium3_fixture(tmp_path / "ted", fsdd_dir, splits=("test",), talks_per_split=2)
+    stm = sorted((ted / "legacy" / "test" / "stm").glob("*.stm"))[0]
+    first = next(parse_stm(stm))  # the same speech, transcribed with a numeral
+    append(stm, f"{first.talk} 1 {first.talk} {first.start:.2f} {first.end - 0.01:.2f} <o,f0,male> "
+                f"{first.text.split()[0]} 2 {' '.join(first.text.split()[1:])}")
+    sys.path.insert(0, str(REPO / "recipes" / "LibriSpeech"))
+    from train import add_cross_domain, prepare
+
+    args = [str(REPO / "hparams" / "teacher_conformer.yaml"), f"--data_folder={libri}",
+            f"--experiment_root={tmp_path / 'exp'}", "--train_splits=[train-clean-100]", "--dev_splits=[dev-clean]",
+            "--test_splits=[]", f"--tedlium_folder={ted}", "--num_layers=2", "--d_model=32",
+            "--nhead=2", "--d_ffn=64", "--kernel_size=3", "--n_mels=40", "--token_type=char",
+            "--vocab_size=17", "--device=cpu", "--number_of_epochs=1", "--dynamic_batching=False",
+            "--train_dataloader_opts={batch_size: 4, num_workers: 0}", "--check_audio=header"]
+    hparams, run_opts, _ = setup_experiment(args)
+    prepare(hparams)
+    hparams["test_csvs"] = {}  # only the cross-corpus set
+    add_cross_domain(hparams)
+    test_csv = hparams["test_csvs"]["tedlium3-test"]
+    table = pd.read_csv(test_csv)
+    lacking = table[table["wrd"].str.contains("'|2")]
+    assert len(lacking) == 3  # two IT'S ONE TWO and the numeral line
+    plain = table.drop(lacking.index).iloc[0].to_dict()
+    table.loc[len(table)] = {**plain, "ID": "lost-0000000-0000100", "wav": str(tmp_path / "gone.sph")}
+    table.to_csv(test_csv, index=False)
+    hparams["tokenizer"] = build_tokenizer(hparams)
+    datasets = make_asr_datasets(hparams, hparams["tokenizer"])
+    assert len(datasets["tedlium3-test"]) == len(table) - 1  # all but the unreadable row are decoded
+    log = (Path(hparams["output_folder"]) / "log.txt").read_text()  # the experiment log
+    assert f"{len(table)} of {len(table)} references scored; 3 hold units the tokenizer cannot output" in log
+    assert "1 with unreadable audio scored as empty hypotheses" in log
+
+    brain = DynamicDepthCTCBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+                                 run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    fit(brain, datasets, hparams)  # one epoch on 8 utterances: a checkpoint and feature statistics
+    sweep = depth_sweep(brain, {"tedlium3-test": datasets["tedlium3-test"]}, hparams["output_folder"],
+                        "teacher", depths=[2], latency_repeats=1,
+                        loader_kwargs={"batch_size": 4, "generator": torch.Generator().manual_seed(0)})
+    scores = brain.wer_metrics[None].scores
+    assert sorted(s["key"] for s in scores) == sorted(table["ID"])  # every reference, exactly once
+    assert sum(s["num_ref_tokens"] for s in scores) == table["wrd"].str.split().str.len().sum()
+    lost = next(s for s in scores if s["key"] == "lost-0000000-0000100")
+    assert lost["deletions"] == lost["num_ref_tokens"] > 0 and lost["hyp_tokens"] == []
+    assert sweep[["refs_outside_tokenizer", "refs_unreadable"]].values.tolist() == [[3, 1]]
+    saved = pd.read_csv(Path(hparams["output_folder"]) / "depth_sweep_tedlium3-test.csv")
+    assert saved[["refs_outside_tokenizer", "refs_unreadable"]].values.tolist() == [[3, 1]]
+    listed = (Path(hparams["output_folder"]) / "outside_tokenizer_tedlium3-test.txt").read_text()
+    assert sorted(line.split("\t")[0] for line in listed.splitlines()[1:]) == sorted(lacking["ID"])

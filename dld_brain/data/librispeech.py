@@ -13,8 +13,9 @@ Rules for inconsistent data, chosen by ``on_missing``:
   an ID given twice) is always an error naming ``file:line``: the transcript itself is wrong.
 * a missing split folder is an error naming it and listing the folders that are there.
 
-The audio check reads the file header (duration from ``soundfile.info``), not every sample; a file cut
-short inside its FLAC frames is caught when the recipe's ``check_audio=full`` decodes it.
+The audio check reads the file header (duration from ``soundfile.info``), not every sample, in parallel
+worker processes with a progress bar (:func:`read_headers`); a file cut short inside its FLAC frames is
+caught when the recipe's ``check_audio=full`` decodes it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ ALL_SPLITS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clea
 ON_MISSING = ("error", "skip")
 _UTT_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 _MAX_LISTED = 10
+PARALLEL_FROM = 500  # files; fewer are read in the calling process
 
 
 class Utterance(NamedTuple):
@@ -86,6 +88,37 @@ def _report(split_dir: Path, problems: dict[str, list[str]], on_missing: str) ->
     logger.warning("LibriSpeech: skipped %d unusable utterances. %s", total, message)
 
 
+def flac_header(flac: Path) -> tuple[Optional[float], Optional[str]]:
+    """``(duration_s, None)`` of a readable audio file, or ``(None, why it is unreadable)`` (picklable, for
+    the worker processes of :func:`read_headers`)."""
+    try:
+        duration, _, _ = audio_info(flac)
+    except DataPrepError as err:
+        cause = err.__cause__  # libsndfile's reason, or audio_info's own ("Empty audio file (0 samples)")
+        reason = (getattr(cause, "error_string", None) or str(cause)) if cause else str(err).split(": ")[0]
+        return None, reason.rstrip(".")
+    return duration, None
+
+
+def read_headers(files: Sequence[Path], process_count: Optional[int] = None
+                 ) -> list[tuple[Optional[float], Optional[str]]]:
+    """:func:`flac_header` of every file, in order, read in parallel with a progress bar (SpeechBrain's
+    ``parallel_map``, as SpeechBrain's own LibriSpeech preparation does; ``SB_NUM_PROC`` caps the processes).
+    A few hundred files, or one available CPU (``SB_NUM_PROC=1``), are read in this process, where a pool
+    costs more than it saves."""
+    from speechbrain.utils.parallel import get_available_cpu_count, parallel_map
+
+    if process_count is None:
+        process_count = 1 if len(files) < PARALLEL_FROM else get_available_cpu_count()
+    if process_count == 1:
+        from tqdm import tqdm
+
+        return [flac_header(f) for f in tqdm(files, desc="LibriSpeech headers", disable=len(files) < PARALLEL_FROM)]
+
+    return list(parallel_map(flac_header, files, process_count=process_count, chunk_size=64,
+                             progress_bar_kwargs={"desc": "LibriSpeech headers", "smoothing": 0.02}))
+
+
 def _split_rows(split_dir: Path, on_missing: str, limit: Optional[int]) -> list[dict]:
     """Manifest rows of one split, sorted by ID, applying the ``on_missing`` rule."""
     problems: dict[str, list[str]] = {"transcript lines without audio": [], "flac files without transcript": [],
@@ -103,16 +136,11 @@ def _split_rows(split_dir: Path, on_missing: str, limit: Optional[int]) -> list[
         problems["flac files without transcript"] += [f"{p.relative_to(split_dir)} has no transcript line"
                                                       for p in sorted(flacs.values())]
     usable.sort(key=lambda item: item[0].utt)
+    if limit is not None:
+        usable = usable[:limit]  # select_n_sentences: the first N by ID (their headers only are read)
     rows = []
-    for u, flac in usable:
-        if limit is not None and len(rows) >= limit:
-            break
-        try:
-            duration, _, _ = audio_info(flac)
-        except DataPrepError as err:
-            cause = err.__cause__  # libsndfile's reason, or audio_info's own ("Empty audio file (0 samples)")
-            reason = (getattr(cause, "error_string", None) or str(cause)) if cause else str(err).split(": ")[0]
-            reason = reason.rstrip(".")
+    for (u, flac), (duration, reason) in zip(usable, read_headers([flac for _, flac in usable])):
+        if reason is not None:
             problems["unreadable flac files"].append(f"{flac.relative_to(split_dir)} is unreadable ({reason})")
             continue
         rows.append({"ID": u.utt, "duration": f"{duration:.3f}", "wav": str(flac.absolute()),

@@ -20,10 +20,12 @@ Rules (all counted in the per-split log line):
 * overlapping segments are all kept, each as its own utterance with its own transcript (the stm says
   both spans hold those words); they are counted and the first few named in a warning;
 * a segment ending at most ``END_TOLERANCE_S`` (0.5 s) after the audio is clipped to the audio end
-  (stm times are rounded, and the last segment often overruns by a few ms); one ending later, or starting
-  at/after the end, is an error naming the stm file, line and talk;
-* a malformed stm line (fewer than 6 fields, non-numeric times, no ``<...>`` label, end before start),
-  a missing, corrupt or compressed .sph, and a missing split folder are errors that name the file.
+  (stm times are rounded, and the last segment often overruns by a few ms); one ending later, starting
+  at/after the end, or ending before it starts (negative times too) has times that cannot be right: it is
+  skipped, counted in the log line and named (``file:line``) in a warning, so one bad line among 268k does
+  not stop a preparation;
+* a malformed stm line (fewer than 6 fields, non-numeric times, no ``<...>`` label), a missing, corrupt
+  or compressed .sph, and a missing split folder are errors that name the file.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class StmSegment(NamedTuple):
 
 
 def parse_stm(path: str | os.PathLike) -> Iterator[StmSegment]:
-    """Segments of an stm file in file order; DataPrepError with file:line for a malformed line."""
+    """Segments of an stm file in file order; DataPrepError with file:line for a malformed line (times that
+    are numbers but impossible, e.g. an end before the start, are the caller's to judge)."""
     path = Path(path)
     with open(path, encoding="utf-8") as handle:
         for number, raw in enumerate(handle, 1):
@@ -80,9 +83,6 @@ def parse_stm(path: str | os.PathLike) -> Iterator[StmSegment]:
             if not (fields[5].startswith("<") and fields[5].endswith(">")):
                 raise DataPrepError(f"{where}: malformed stm line, 6th field {fields[5]!r} is not a label like "
                                     "<o,f0,male>")
-            if start < 0 or end < start:
-                raise DataPrepError(f"{where}: malformed stm line, segment {start}..{end} s ends before it "
-                                    "starts")
             yield StmSegment(fields[0], fields[1], fields[2], start, end, fields[5],
                              fields[6] if len(fields) == 7 else "", number)
 
@@ -122,6 +122,11 @@ def _talk_rows(stm: Path, sph: Path, counts: dict[str, int], notes: dict[str, li
         if seg.text.strip() == IGNORE:
             counts["ignored"] += 1
             continue
+        if seg.start < 0 or seg.end < seg.start:
+            counts["bad_times"] += 1
+            notes["bad_times"].append(f"{stm.name}:{seg.line} ({seg.start:.2f}..{seg.end:.2f} s ends before it "
+                                      "starts)")
+            continue
         words = normalize_tedlium(seg.text)
         start, stop = round(seg.start * rate), round(seg.end * rate)
         if not words or stop <= start:
@@ -129,9 +134,10 @@ def _talk_rows(stm: Path, sph: Path, counts: dict[str, int], notes: dict[str, li
             continue
         if stop > total:
             if start >= total or (stop - total) / rate > END_TOLERANCE_S:
-                raise DataPrepError(f"{stm}:{seg.line}: segment {seg.start:.2f}..{seg.end:.2f} s of talk "
-                                    f"{seg.talk} ends after its audio {sph.name} ({total / rate:.2f} s). Fix the "
-                                    "stm line or restore the audio file.")
+                counts["bad_times"] += 1
+                notes["bad_times"].append(f"{stm.name}:{seg.line} ({seg.start:.2f}..{seg.end:.2f} s runs past "
+                                          f"the {total / rate:.2f} s of {sph.name})")
+                continue
             stop = total
             counts["clipped"] += 1
             notes["clipped"].append(f"{stm.name}:{seg.line}")
@@ -163,8 +169,8 @@ def _check_split(base: Path, split: str) -> None:
 def _split_rows(base: Path, split: str, max_segments: Optional[int]) -> list[dict]:
     """Rows of one split (talks in name order); logs what the rules dropped, kept and clipped."""
     stm_dir, sph_dir = base / split / "stm", base / split / "sph"
-    counts = dict.fromkeys(("ignored", "empty", "duplicate", "overlapping", "clipped"), 0)
-    notes: dict[str, list[str]] = {"duplicate": [], "overlapping": [], "clipped": []}
+    counts = dict.fromkeys(("ignored", "empty", "duplicate", "overlapping", "clipped", "bad_times"), 0)
+    notes: dict[str, list[str]] = {"duplicate": [], "overlapping": [], "clipped": [], "bad_times": []}
     stms = sorted(stm_dir.glob("*.stm"))
     rows: list[dict] = []
     for stm in stms:
@@ -176,13 +182,15 @@ def _split_rows(base: Path, split: str, max_segments: Optional[int]) -> list[dic
         raise DataPrepError(f"no usable segments in {stm_dir} ({len(stms)} stm files)")
     unused = len({p.stem for p in sph_dir.glob("*.sph")} - {p.stem for p in stms})
     logger.info("TED-LIUM 3 %s: %d segments, %.2f h from %d talks; dropped %d ignore_time_segment_in_scoring, "
-                "%d empty and %d duplicate segments; kept %d overlapping; clipped %d to the audio end; "
-                "%d .sph without .stm", split, len(rows), sum(float(r["duration"]) for r in rows) / 3600,
-                len({r["wav"] for r in rows}), counts["ignored"], counts["empty"], counts["duplicate"],
-                counts["overlapping"], counts["clipped"], unused)
+                "%d empty and %d duplicate segments; skipped %d with impossible times; kept %d overlapping; "
+                "clipped %d to the audio end; %d .sph without .stm", split, len(rows),
+                sum(float(r["duration"]) for r in rows) / 3600, len({r["wav"] for r in rows}), counts["ignored"],
+                counts["empty"], counts["duplicate"], counts["bad_times"], counts["overlapping"], counts["clipped"],
+                unused)
     for kind, where in notes.items():
         if where:
-            logger.warning("TED-LIUM 3 %s: %d %s segments (%s%s)", split, len(where), kind,
+            label = "skipped (impossible times)" if kind == "bad_times" else kind
+            logger.warning("TED-LIUM 3 %s: %d %s segments (%s%s)", split, len(where), label,
                            ", ".join(where[:_LISTED]), ", ..." if len(where) > _LISTED else "")
     return rows
 
@@ -208,7 +216,7 @@ def prepare_tedlium3(
                             "(download from openslr.org/51)")
     outputs = {s: save_folder / f"{s}.csv" for s in splits}
     marker = PrepMarker(save_folder, "tedlium3", dict(base=str(base.absolute()), splits=list(splits),
-                                                      n=max_segments, rules=2))
+                                                      n=max_segments, rules=3))
     if marker.done(list(outputs.values())):
         logger.info("TED-LIUM 3 manifests in %s are up to date; skipping preparation", save_folder)
         return outputs
