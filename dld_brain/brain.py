@@ -51,6 +51,11 @@ class MethodConfigError(ValueError):
     """Inconsistent method hyperparameters (e.g. KD without a teacher); the message names the keys."""
 
 
+#: Values of ``kd_teacher_input``: which features the KD targets are computed from (see
+#: :meth:`DynamicDepthCTCBrain.compute_student_teacher_features`).
+KD_TEACHER_INPUTS = ("augmented", "clean")
+
+
 def check_method_config(hparams: dict) -> None:
     """Reject hyperparameter combinations that would silently train something else than intended."""
     kd = float(hparams.get("kd_weight", 0.0) or 0.0)
@@ -61,6 +66,9 @@ def check_method_config(hparams: dict) -> None:
         raise MethodConfigError("kd_weight > 0 (DLD) needs teacher_checkpoint: the teacher run's output folder")
     if hparams.get("init_from_teacher") and not teacher:
         raise MethodConfigError("init_from_teacher: True needs teacher_checkpoint: the teacher run's output folder")
+    source = hparams.get("kd_teacher_input", "augmented")
+    if source not in KD_TEACHER_INPUTS:
+        raise MethodConfigError(f"kd_teacher_input must be one of {', '.join(KD_TEACHER_INPUTS)}, got {source!r}")
 
 
 class DynamicDepthCTCBrain(sb.Brain):
@@ -146,30 +154,69 @@ class DynamicDepthCTCBrain(sb.Brain):
     # ----------------------------------------------------------------- forward / loss
     def compute_features(self, batch, stage):
         """Waveforms -> normalised (and in training, augmented) filterbanks; returns (feats, wav_lens)."""
+        feats, _, wav_lens = self.compute_student_teacher_features(batch, stage)
+        return feats, wav_lens
+
+    def compute_student_teacher_features(self, batch, stage):
+        """(student feats, KD-target feats, wav_lens) from one feature pass.
+
+        The student's features are the normalised filterbanks of the waveform, in training after
+        ``wav_augment`` (on the waveform) and ``spec_augment`` (masks on the features). The features the
+        KD targets (the teacher's, and ASKD's self-KD targets) are computed from follow ``kd_teacher_input``:
+
+        - ``augmented`` (default): exactly the student's features, masks included;
+        - ``clean``: the same features *before* ``spec_augment``, i.e. without the SpecAugment masks. The
+          waveform augmentation is kept: it is applied once, before the features, and the teacher sees the
+          same (e.g. speed-perturbed) utterance as the student, so that its frames stay aligned with the
+          student's frames, which the frame-level CTC KL needs. "Clean" therefore means "unmasked", not
+          "un-perturbed"; no second data load and no second filterbank or normalisation pass (which would
+          also update the normaliser's running statistics twice) is made, only a copy of the features
+          taken before the masks (SpeechBrain's masks write in place).
+
+        Models without SpecAugment on features (the WavLM recipes: ``spec_augment: []``, WavLM masks its latent
+        frames inside the student's forward, and the frozen teacher runs in eval mode, unmasked) get the same
+        targets either way. Outside training, or when no KD target is computed, both are the same tensor.
+        """
         wavs, wav_lens = batch.sig
         augment_wav = self.hparams_get("wav_augment")
         if stage == sb.Stage.TRAIN and augment_wav is not None:
             wavs = augment_wav(wavs)
         feats = self.hparams.compute_features(wavs)
         feats = self.modules.normalize(feats, wav_lens, epoch=self.hparams.epoch_counter.current)
+        clean = None
         if stage == sb.Stage.TRAIN:
-            for augment in self.hparams_get("spec_augment") or []:
+            augments = self.hparams_get("spec_augment") or []
+            if augments and self.kd_teacher_input == "clean" and self.computes_kd_targets():
+                clean = feats.clone()
+            for augment in augments:
                 feats = augment(feats)
-        return feats, wav_lens
+        return feats, feats if clean is None else clean, wav_lens
+
+    @property
+    def kd_teacher_input(self) -> str:
+        """``augmented`` or ``clean``: the features KD targets are computed from (see
+        :meth:`compute_student_teacher_features`)."""
+        return self.hparams_get("kd_teacher_input", "augmented") or "augmented"
+
+    def computes_kd_targets(self) -> bool:
+        """Whether training steps run the teacher or the ASKD self-KD source (which need their input)."""
+        return self.teacher is not None or self.askd is not None
 
     def compute_forward(self, batch, stage):
-        """Student CTC log-posteriors, and in DLD training the frozen teacher's on the same features
-        (with ASKD also the self-KD targets, as a 4th element)."""
+        """Student CTC log-posteriors, and in DLD training the frozen teacher's (on the student's features, or
+        with ``kd_teacher_input: clean`` on them before SpecAugment), with ASKD also the self-KD targets, as a
+        4th element."""
         batch = batch.to(self.device)
-        feats, wav_lens = self.compute_features(batch, stage)
+        feats, target_feats, wav_lens = self.compute_student_teacher_features(batch, stage)
         log_probs = self.modules.model(feats, wav_lens)
-        teacher_log_probs, self_log_probs = self.distillation_targets(feats, wav_lens, stage)
+        teacher_log_probs, self_log_probs = self.distillation_targets(target_feats, wav_lens, stage)
         if self.askd is None:
             return log_probs, wav_lens, teacher_log_probs
         return log_probs, wav_lens, teacher_log_probs, self_log_probs
 
     def distillation_targets(self, feats, wav_lens, stage):
-        """(teacher, self-KD) output on ``feats`` for this training batch, None when unused; both without
+        """(teacher, self-KD) output on ``feats`` (the KD-target features of
+        :meth:`compute_student_teacher_features`) for this training batch, None when unused; both without
         gradient. Sets the batch's ASKD weights (teacher multiplier, self weight) in ``self._askd_w``."""
         if stage != sb.Stage.TRAIN:
             return None, None

@@ -106,13 +106,13 @@ class SelectorCTCBrain(DynamicDepthCTCBrain):
 
     def compute_forward(self, batch, stage):
         """Selector + backbone log-posteriors (relaxed gates in training, top-k otherwise), and the
-        teacher's in KD training."""
+        teacher's in KD training (its input per ``kd_teacher_input``)."""
         batch = batch.to(self.device)
         train = stage == sb.Stage.TRAIN
         if train and self.freeze_backbone:  # SpeechBrain sets every module to train mode each epoch
             self.model.eval()
             self.modules.normalize.eval()
-        feats, wav_lens = self.compute_features(batch, stage)
+        feats, target_feats, wav_lens = self.compute_student_teacher_features(batch, stage)
         if train:
             budgets = torch.tensor([random.choice(self.train_budgets) for _ in range(feats.shape[0])],
                                    device=feats.device)
@@ -122,7 +122,7 @@ class SelectorCTCBrain(DynamicDepthCTCBrain):
         teacher_log_probs = None
         if train and self.teacher is not None:
             with torch.no_grad():
-                teacher_log_probs = self.teacher["model"](feats, wav_lens)
+                teacher_log_probs = self.teacher["model"](target_feats, wav_lens)
         return log_probs, wav_lens, teacher_log_probs, logits, gates, budgets
 
     def compute_objectives(self, predictions, batch, stage):

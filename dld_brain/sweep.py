@@ -3,20 +3,28 @@
 For each test set and depth n the trained model is evaluated with ``n`` layers chosen by the encoder's
 depth policy; results go to ``depth_sweep_<set>.csv`` / ``.md`` and ``wer_<set>_n<k>.txt`` (SpeechBrain's
 per-utterance WER details) in the output folder.
+
+Under DDP (torchrun) the sweep runs once, on the main process, with the modules taken out of their DDP
+wrappers; the other ranks wait at a barrier and receive the table (see :func:`on_main_process`). The latency
+is measured on a batch of median-length test utterances (:func:`latency_batch`), after warm-up, with CUDA
+synchronisation on a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import pandas as pd
 import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.utils.distributed import run_on_main
 
 from dld_brain.lobes.conformer import executed_parameters
 
@@ -35,34 +43,90 @@ def measure_encoder_latency(
     lens: torch.Tensor,
     layer_sets: Sequence[Sequence[int]],
     repeats: int = 5,
+    warmup: int = 2,
 ) -> list[float]:
     """Median wall-clock ms of ``model.encode`` for each layer set, measured round-robin on one batch.
 
-    Round-robin (all sets once per repeat) keeps slow drifts of the machine from favouring one depth.
+    ``warmup`` untimed rounds over every set come first (allocator, kernel selection, caches). Round-robin (all
+    sets once per repeat) keeps slow drifts of the machine from favouring one depth. On a GPU the device is
+    synchronised before the clock starts and before it is read, so the asynchronous kernels are timed.
     """
+    sync = torch.cuda.synchronize if feats.is_cuda else (lambda: None)
     times: list[list[float]] = [[] for _ in layer_sets]
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for layers in layer_sets:  # warm-up
-            model.encode(feats, lens, layers=layers)
+        for _ in range(warmup):
+            for layers in layer_sets:
+                model.encode(feats, lens, layers=layers)
         for _ in range(repeats):
             for i, layers in enumerate(layer_sets):
+                sync()
                 start = time.perf_counter()
                 model.encode(feats, lens, layers=layers)
-                if feats.is_cuda:
-                    torch.cuda.synchronize()
+                sync()
                 times[i].append((time.perf_counter() - start) * 1000.0)
     model.train(was_training)
     return [statistics.median(t) for t in times]
 
 
+def median_length_indices(durations: Sequence[float], size: int) -> list[int]:
+    """Positions of the ``size`` utterances in the middle of the duration order (around the median).
+
+    Test sets are usually sorted by duration, so their first utterances are the shortest, where the fixed cost
+    of the front-end dominates the encoder's time; latency per depth is measured on typical lengths instead.
+    """
+    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
+    size = min(size, len(order))
+    start = max(0, min(len(order) - size, len(order) // 2 - size // 2))
+    return sorted(order[start:start + size])
+
+
+def utterance_durations(dataset) -> list[float]:
+    """Durations (s) of ``dataset``'s utterances in its order: the manifest's ``duration`` column, else the length
+    of each loaded ``sig`` in samples (any unit works for ordering)."""
+    data, ids = getattr(dataset, "data", None), getattr(dataset, "data_ids", None)
+    if data is not None and ids is not None and all("duration" in data[i] for i in ids):
+        return [float(data[i]["duration"]) for i in ids]
+    return [float(len(dataset[i]["sig"])) for i in range(len(dataset))]
+
+
 def latency_batch(brain, dataset, size: int = 8):
-    """Features of the first ``size`` utterances of ``dataset``, as (feats, lens) on the brain's device."""
-    items = [dataset[i] for i in range(min(size, len(dataset)))]
+    """Features of the ``size`` median-length utterances of ``dataset`` (:func:`median_length_indices`), as
+    (feats, lens) on the brain's device."""
+    items = [dataset[i] for i in median_length_indices(utterance_durations(dataset), size)]
     batch = PaddedBatch(items).to(brain.device)
     with torch.no_grad():
         return brain.compute_features(batch, sb.Stage.TEST)
+
+
+@contextlib.contextmanager
+def unwrapped_ddp(modules: torch.nn.ModuleDict) -> Iterator[None]:
+    """Inside the context, every DDP-wrapped module in ``modules`` is replaced by the module it wraps, so that
+    one process alone can run forward passes (a DDP forward may start collective buffer synchronisation, which
+    would wait forever for the other ranks); the wrappers are put back afterwards."""
+    wrapped = {name: module for name, module in modules.items()
+               if isinstance(module, torch.nn.parallel.DistributedDataParallel)}
+    try:
+        for name, module in wrapped.items():
+            modules[name] = module.module
+        yield
+    finally:
+        for name, module in wrapped.items():
+            modules[name] = module
+
+
+def on_main_process(evaluate: Callable) -> Callable:
+    """Decorator for an evaluation ``evaluate(brain, ...)``: under DDP it runs once, on the main process, with the
+    brain's modules unwrapped (:func:`unwrapped_ddp`); the other ranks wait at a barrier and get its return value
+    (SpeechBrain's ``run_on_main``: nested SpeechBrain collectives are skipped). Without DDP it just runs."""
+
+    @functools.wraps(evaluate)
+    def wrapper(brain, *args, **kwargs):
+        with unwrapped_ddp(brain.modules):
+            return run_on_main(evaluate, args=[brain, *args], kwargs=kwargs)
+
+    return wrapper
 
 
 def sweep_depths(num_layers: int, depths: Optional[Iterable[int]]) -> list[int]:
@@ -70,6 +134,7 @@ def sweep_depths(num_layers: int, depths: Optional[Iterable[int]]) -> list[int]:
     return sorted(set(int(d) for d in depths)) if depths else list(range(1, num_layers + 1))
 
 
+@on_main_process
 def depth_sweep(
     brain,
     test_sets: dict,
@@ -88,7 +153,8 @@ def depth_sweep(
     write the outputs. ``metric`` is the key of ``brain.test_stats`` reported (WER, or e.g. accuracy).
 
     ``tag`` is appended to every file name (e.g. ``_ep25`` when evaluating epoch 25's checkpoint).
-    Returns the concatenated sweep table (one row per set and depth).
+    Returns the concatenated sweep table (one row per set and depth). Under DDP it runs on the main process
+    only and every rank gets the table (:func:`on_main_process`).
     """
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
