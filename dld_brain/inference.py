@@ -28,6 +28,7 @@ from dld_brain.dataio import AudioError, load_audio
 from dld_brain.export import INFERENCE_YAML
 from dld_brain.gates import DepthError, select_layers
 from dld_brain.lobes.conformer import executed_parameters
+from dld_brain.safe_files import UntrustedFileError, weights_only_loading
 
 PROFILE_FILE = "depth_profile.json"
 
@@ -54,7 +55,12 @@ class DynamicDepthModel(Pretrained):
         """Load a bundle folder (see dld_brain.export); a local ``source`` is used in place."""
         if savedir is None and Path(source).is_dir():
             savedir = source
-        asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir, **kwargs)
+        try:
+            with weights_only_loading():  # no file of the bundle is unpickled beyond tensors and plain types
+                asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir,
+                                           **kwargs)
+        except UntrustedFileError as err:
+            raise UntrustedFileError(f"{source}: {err}") from err
         asr.source_dir = Path(savedir) if savedir is not None else None
         asr.mods.eval()
         return asr

@@ -17,6 +17,8 @@ import torch
 import yaml
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 
+from dld_brain.safe_files import UntrustedFileError, load_weights, weights_only_loading
+
 logger = logging.getLogger(__name__)
 
 _ENCODER_LAYER_KEY = re.compile(r"^encoder\.(?:.+?\.)?layers\.(\d+)\.")  # first layers.<i> after encoder.
@@ -94,7 +96,9 @@ def load_module_checked(module: torch.nn.Module, ckpt_file: Path) -> None:
     if not ckpt_file.is_file():
         raise TeacherError(f"teacher checkpoint file missing: {ckpt_file}")
     try:
-        state = torch.load(ckpt_file, map_location="cpu")
+        state = load_weights(ckpt_file)
+    except UntrustedFileError:
+        raise
     except Exception as err:
         raise TeacherError(f"teacher checkpoint {ckpt_file} is unreadable ({err}); retrain or re-copy it") from err
     check_state_compatible(module.state_dict(), state, str(ckpt_file))
@@ -127,7 +131,8 @@ def load_teacher(
         else:
             if not path.is_file():
                 raise TeacherError(f"teacher checkpoint file missing: {path}")
-            get_default_hook(copy_, DEFAULT_LOAD_HOOKS)(copy_, path, False)
+            with weights_only_loading():  # e.g. normalisation statistics: tensors and plain types only
+                get_default_hook(copy_, DEFAULT_LOAD_HOOKS)(copy_, path, False)
         teacher[name] = freeze(copy_)
     logger.info("Loaded frozen teacher from %s", ckpt)
     return teacher, ckpt
