@@ -2,9 +2,9 @@
 
 ``<output_folder>/inference/`` holds ``inference.yaml`` (features, normalisation, model, and a SpeechBrain
 ``Pretrainer``), ``model.ckpt`` (the weights as safetensors, a format that holds tensors only; the name
-follows SpeechBrain's ``<loadable>.ckpt`` convention), ``normalize.ckpt`` and, for a CTC model, ``tokenizer.ckpt`` (the SentencePiece
-model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label encoder; SpeechBrain's Pretrainer
-looks for ``<name>.ckpt``). Load it with
+follows SpeechBrain's ``<loadable>.ckpt`` convention), ``normalize.ckpt`` and, for a CTC model,
+``tokenizer.ckpt`` (the SentencePiece model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label
+encoder; SpeechBrain's Pretrainer looks for ``<name>.ckpt``). Load it with
 ``dld_brain.inference.DynamicDepthASR.from_hparams(source=...)`` (transcription) or
 ``DynamicDepthClassifier`` (intent classification). Paths inside are relative to the folder, so the bundle
 can be moved or uploaded as is.

@@ -28,13 +28,17 @@ from dld_brain.dataio import AudioError, load_audio
 from dld_brain.export import INFERENCE_YAML
 from dld_brain.gates import DepthError, select_layers
 from dld_brain.lobes.conformer import executed_parameters
-from dld_brain.safe_files import UntrustedFileError, weights_only_loading
+from dld_brain.safe_files import UntrustedFileError, name_untrusted_file, weights_only_loading
 
 PROFILE_FILE = "depth_profile.json"
 
 
 class InferenceInputError(ValueError):
     """Audio that cannot be transcribed; the message names the file and why."""
+
+
+class UntrustedBundleError(InferenceInputError, UntrustedFileError):
+    """A bundle file holding more than tensors and plain types (it is not loaded); the message names it."""
 
 
 class BudgetError(ValueError):
@@ -60,7 +64,7 @@ class DynamicDepthModel(Pretrained):
                 asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir,
                                            **kwargs)
         except UntrustedFileError as err:
-            raise UntrustedFileError(f"{source}: {err}") from err
+            raise UntrustedBundleError(f"{source}: {name_untrusted_file(source, err)}") from err
         asr.source_dir = Path(savedir) if savedir is not None else None
         asr.mods.eval()
         return asr

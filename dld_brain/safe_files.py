@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import shutil
 import stat
 import sys
@@ -187,7 +188,8 @@ def safe_extract(archive: PathLike, target: PathLike, keep: Optional[Callable[[s
         else:
             with tarfile.open(archive) as tf:
                 members = [m for m in tf.getmembers() if m.name in set(chosen)]
-                tf.extractall(tmp, members, filter="data")  # the stdlib's own checks, on top of ours
+                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+                tf.extractall(tmp, members, **extra)  # the stdlib's own checks on top of ours, where it has them
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.replace(tmp, target)
@@ -199,9 +201,15 @@ def safe_extract(archive: PathLike, target: PathLike, keep: Optional[Callable[[s
 
 # -------------------------------------------------------------------------------------------- weights
 def _short(err: BaseException) -> str:
-    """The first line of an exception message (torch's weights-only errors run to a page)."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    """What a weights-only load refused, in a few words (torch's message runs to a page): e.g. ``it names
+    io.open, which is not a tensor or plain type``."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err)) or \
+        re.search(r"WeightsUnpickler error: ([^\n]+)", str(err))
+    if found is None:
+        return "it holds objects a weights-only load refuses"
+    if found.re.pattern.startswith("Unsupported"):
+        return f"it names {found.group(1)}, which is not a tensor or plain type"
+    return found.group(1).strip()
 
 
 def load_torch_file(path: PathLike, map_location: Union[str, torch.device] = "cpu"):
@@ -211,9 +219,9 @@ def load_torch_file(path: PathLike, map_location: Union[str, torch.device] = "cp
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UntrustedFileError(
-            f"{path} holds Python objects other than tensors, so it is not loaded (loading would run code it "
-            f"names: {_short(err).removeprefix('Weights only load failed. ')}); re-save it as a plain "
-            "state_dict (or unpickle it yourself only if you trust whoever made it)") from err
+            f"{path} holds Python objects other than tensors, so it is not loaded ({_short(err)}; unpickling "
+            "it could run code); re-save it as a plain state_dict (or unpickle it yourself only if you trust "
+            "whoever made it)") from err
 
 
 @contextlib.contextmanager
@@ -228,13 +236,28 @@ def weights_only_loading() -> Iterator[None]:
         yield
     except pickle.UnpicklingError as err:
         raise UntrustedFileError(f"a file holds Python objects other than tensors, so it is not loaded "
-                                 f"({_short(err).removeprefix('Weights only load failed. ')})") from err
+                                 f"({_short(err)}; unpickling it could run code)") from err
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def name_untrusted_file(folder: PathLike, err: UntrustedFileError) -> str:
+    """``err``'s message, naming the file when ``err`` came from a loader that did not know it (SpeechBrain's
+    own hooks): the first ``*.ckpt`` / ``*.pt`` file in ``folder`` that a weights-only load refuses."""
+    if Path(str(folder)).is_dir() and str(folder) not in str(err):
+        for path in sorted(Path(str(folder)).iterdir()):
+            if path.suffix in (".ckpt", ".pt", ".pth", ".bin") and path.is_file() and not is_safetensors(path):
+                try:
+                    load_torch_file(path)
+                except UntrustedFileError as found:
+                    return str(found)
+                except Exception:  # noqa: BLE001 (another format, e.g. a SentencePiece model)
+                    continue
+    return str(err)
 
 
 def is_safetensors(path: PathLike) -> bool:

@@ -105,6 +105,13 @@ def load_module_checked(module: torch.nn.Module, ckpt_file: Path) -> None:
     module.load_state_dict(state)
 
 
+def load_with_default_hook(module, path: Path) -> None:
+    """Load a module without parameters (e.g. normalisation statistics) with its SpeechBrain load hook, every
+    ``torch.load`` inside reading tensors and plain types only (see dld_brain.safe_files)."""
+    with weights_only_loading():
+        get_default_hook(module, DEFAULT_LOAD_HOOKS)(module, path, False)
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """Put a module in eval mode with no gradients; return it."""
     module.eval()
@@ -131,8 +138,7 @@ def load_teacher(
         else:
             if not path.is_file():
                 raise TeacherError(f"teacher checkpoint file missing: {path}")
-            with weights_only_loading():  # e.g. normalisation statistics: tensors and plain types only
-                get_default_hook(copy_, DEFAULT_LOAD_HOOKS)(copy_, path, False)
+            load_with_default_hook(copy_, path)
         teacher[name] = freeze(copy_)
     logger.info("Loaded frozen teacher from %s", ckpt)
     return teacher, ckpt

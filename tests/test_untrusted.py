@@ -305,7 +305,19 @@ def test_untrusted_pickle_in_a_bundle_is_refused(tmp_path, unsafe_torch_default,
     crafted(bundle / file, marker, weight=torch.zeros(2))
     with pytest.raises(UntrustedFileError) as err:
         DynamicDepthASR.from_hparams(source=bundle)
-    assert str(bundle) in str(err.value) and "\n" not in str(err.value)
+    assert str(bundle / file) in str(err.value) and "io.open" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_untrusted_bundle_on_the_command_line_is_one_error_line(tmp_path, capsys, unsafe_torch_default):
+    from dld_brain import transcribe
+
+    bundle = tiny_bundle(tmp_path / "bundle", tmp_path)
+    marker = tmp_path / "written"
+    crafted(bundle / "model.ckpt", marker)
+    assert transcribe.main(["--model", str(bundle), str(tmp_path / "any.wav")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "model.ckpt" in err and len(err.splitlines()) == 1
     assert not marker.exists()
 
 
