@@ -323,3 +323,48 @@ def transfer_statistics(obj, path: PathLike) -> None:
         obj._load_statistics_dict(stats)
     else:
         obj.load_state_dict(stats)
+
+
+# ------------------------------------------------------------------------------------- bundle YAML
+#: What an inference bundle's HyperPyYAML may build (``!new:``) or name (``!name:``): the classes and
+#: functions dld_brain bundles use. HyperPyYAML can otherwise build or call *any* importable Python object
+#: (``!apply:os.system``), so a bundle from elsewhere is checked against this list before it is loaded.
+BUNDLE_YAML_ALLOWED = ("dld_brain.", "speechbrain.lobes.features.", "speechbrain.processing.features.",
+                       "speechbrain.dataio.preprocess.", "speechbrain.dataio.encoder.", "speechbrain.decoders.",
+                       "speechbrain.utils.parameter_transfer.Pretrainer", "sentencepiece.SentencePieceProcessor",
+                       "torch.nn.", "speechbrain.nnet.", "speechbrain.lobes.models.transformer.",
+                       "speechbrain.lobes.models.convolution.")
+_PLAIN_YAML_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+_REFERENCE_TAGS = {"!ref", "!copy", "!tuple", "!PLACEHOLDER"}
+
+
+def check_bundle_yaml(path: PathLike) -> None:
+    """Refuse (:class:`UntrustedFileError`, one line naming the line) a bundle YAML that builds or names anything
+    outside :data:`BUNDLE_YAML_ALLOWED`, calls a function (``!apply:``), includes another file (``!include:``)
+    or uses a Python tag (``!!python/...``). The YAML is only parsed (composed), nothing in it is built."""
+    import yaml
+
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise UntrustedFileError(f"{path} is not valid YAML ({_short_yaml(err)})") from err
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        tag = node.tag
+        ok = tag in _PLAIN_YAML_TAGS or tag in _REFERENCE_TAGS or (
+            tag.startswith(("!new:", "!name:")) and tag.split(":", 1)[1].startswith(BUNDLE_YAML_ALLOWED))
+        if not ok:
+            raise UntrustedFileError(
+                f"{path} line {node.start_mark.line + 1}: {tag} is not something a dld_brain bundle builds, and "
+                "loading it could run any code; read the file, and pass trust_yaml=True only if you trust whoever "
+                "made it")
+        if isinstance(node.value, list):
+            for child in node.value:
+                stack.extend(child if isinstance(child, tuple) else (child,))
+
+
+def _short_yaml(err: Exception) -> str:
+    """A YAML error on one line."""
+    return " ".join(str(err).split())
+

@@ -321,6 +321,37 @@ def test_untrusted_bundle_on_the_command_line_is_one_error_line(tmp_path, capsys
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("line", ['evil: !apply:builtins.open ["{marker}", "w"]',
+                                  'evil: !!python/object/apply:builtins.open ["{marker}", "w"]',
+                                  'evil: !new:pathlib.Path ["{marker}"]',
+                                  'evil: !name:os.system',
+                                  'evil: !include:{marker}.yaml'])
+def test_untrusted_bundle_yaml_that_could_run_code_is_refused(tmp_path, line):
+    from dld_brain.inference import DynamicDepthASR
+
+    bundle = tiny_bundle(tmp_path / "bundle", tmp_path)
+    marker = tmp_path / "written"
+    yaml_file = bundle / "inference.yaml"
+    yaml_file.write_text(yaml_file.read_text() + "\n" + line.format(marker=marker) + "\n")
+    with pytest.raises(UntrustedFileError) as err:
+        DynamicDepthASR.from_hparams(source=bundle)
+    number = len(yaml_file.read_text().splitlines())
+    assert f"inference.yaml line {number}: " in str(err.value) and "trust_yaml=True" in str(err.value)
+    assert not marker.exists()
+
+
+def test_untrusted_bundle_yaml_runs_code_when_trusted(tmp_path):
+    """Control: what the check refuses is real (HyperPyYAML calls the function when the YAML is trusted)."""
+    from dld_brain.inference import DynamicDepthASR
+
+    bundle = tiny_bundle(tmp_path / "bundle", tmp_path)
+    marker = tmp_path / "written"
+    yaml_file = bundle / "inference.yaml"
+    yaml_file.write_text(yaml_file.read_text() + f'\nevil: !apply:builtins.open ["{marker}", "w"]\n')
+    DynamicDepthASR.from_hparams(source=bundle, trust_yaml=True)
+    assert marker.exists()
+
+
 def test_untrusted_pickle_in_a_teacher_checkpoint_is_refused(tmp_path, unsafe_torch_default):
     from dld_brain.lobes import ConformerCTC
     from dld_brain.teacher import load_teacher
