@@ -49,6 +49,10 @@ class HashMismatchError(UntrustedFileError):
     """A download whose sha256 is not the pinned one (or no sha256 was pinned)."""
 
 
+class UnreadableFileError(UntrustedFileError):
+    """A file that a weights-only load cannot read (corrupt, or not a torch file); it is not loaded."""
+
+
 class UnsafeArchiveError(UntrustedFileError):
     """An archive with a member that would land outside the extraction folder."""
 
@@ -200,28 +204,33 @@ def safe_extract(archive: PathLike, target: PathLike, keep: Optional[Callable[[s
 
 
 # -------------------------------------------------------------------------------------------- weights
-def _short(err: BaseException) -> str:
-    """What a weights-only load refused, in a few words (torch's message runs to a page): e.g. ``it names
-    io.open, which is not a tensor or plain type``."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err)) or \
-        re.search(r"WeightsUnpickler error: ([^\n]+)", str(err))
-    if found is None:
-        return "it holds objects a weights-only load refuses"
-    if found.re.pattern.startswith("Unsupported"):
-        return f"it names {found.group(1)}, which is not a tensor or plain type"
-    return found.group(1).strip()
+def _refused_global(err: BaseException) -> Optional[str]:
+    """The Python object a weights-only load refused (e.g. ``io.open``), or None for another failure."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return found.group(1) if found else None
+
+
+def _detail(err: BaseException) -> str:
+    """Why a weights-only load failed, in a few words (torch's message runs to a page)."""
+    name = _refused_global(err)
+    if name is not None:
+        return f"it names {name}, which is not a tensor or plain type; unpickling it could run code"
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+    return found.group(1).strip() if found else " ".join(str(err).split())[:200]
 
 
 def load_torch_file(path: PathLike, map_location: Union[str, torch.device] = "cpu"):
     """``torch.load`` with ``weights_only=True`` (tensors, numbers, strings and plain containers only). A file
-    holding other Python objects is refused with :class:`UntrustedFileError`; nothing in it is run."""
+    holding other Python objects is refused with :class:`UntrustedFileError`, a corrupt one with
+    :class:`UnreadableFileError`; nothing in either is run."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if _refused_global(err) is None:
+            raise UnreadableFileError(f"{path} is not a readable torch file of tensors ({_detail(err)})") from err
         raise UntrustedFileError(
-            f"{path} holds Python objects other than tensors, so it is not loaded ({_short(err)}; unpickling "
-            "it could run code); re-save it as a plain state_dict (or unpickle it yourself only if you trust "
-            "whoever made it)") from err
+            f"{path} holds Python objects other than tensors, so it is not loaded ({_detail(err)}); re-save it "
+            "as a plain state_dict (or unpickle it yourself only if you trust whoever made it)") from err
 
 
 @contextlib.contextmanager
@@ -235,8 +244,10 @@ def weights_only_loading() -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as err:
+        if _refused_global(err) is None:
+            raise UnreadableFileError(f"a file is not a readable torch file of tensors ({_detail(err)})") from err
         raise UntrustedFileError(f"a file holds Python objects other than tensors, so it is not loaded "
-                                 f"({_short(err)}; unpickling it could run code)") from err
+                                 f"({_detail(err)})") from err
     finally:
         for key, value in saved.items():
             if value is None:
@@ -253,9 +264,11 @@ def name_untrusted_file(folder: PathLike, err: UntrustedFileError) -> str:
             if path.suffix in (".ckpt", ".pt", ".pth", ".bin") and path.is_file() and not is_safetensors(path):
                 try:
                     load_torch_file(path)
+                except UnreadableFileError:
+                    continue  # another format, e.g. a SentencePiece model
                 except UntrustedFileError as found:
                     return str(found)
-                except Exception:  # noqa: BLE001 (another format, e.g. a SentencePiece model)
+                except Exception:  # noqa: BLE001 (another format)
                     continue
     return str(err)
 

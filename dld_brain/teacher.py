@@ -17,7 +17,7 @@ import torch
 import yaml
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 
-from dld_brain.safe_files import UntrustedFileError, load_weights, weights_only_loading
+from dld_brain.safe_files import UnreadableFileError, UntrustedFileError, load_weights, weights_only_loading
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,10 @@ def load_module_checked(module: torch.nn.Module, ckpt_file: Path) -> None:
         raise TeacherError(f"teacher checkpoint file missing: {ckpt_file}")
     try:
         state = load_weights(ckpt_file)
-    except UntrustedFileError:
-        raise
+    except UntrustedFileError as err:
+        if not isinstance(err, UnreadableFileError):
+            raise
+        raise TeacherError(f"teacher checkpoint {ckpt_file} is unreadable ({err}); retrain or re-copy it") from err
     except Exception as err:
         raise TeacherError(f"teacher checkpoint {ckpt_file} is unreadable ({err}); retrain or re-copy it") from err
     check_state_compatible(module.state_dict(), state, str(ckpt_file))

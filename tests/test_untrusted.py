@@ -387,3 +387,21 @@ def test_untrusted_no_torch_load_without_weights_only():
             if rel.parts[0] != "tests" and "torch.load(" in line and "weights_only=True" not in line:
                 offenders.append(f"{rel}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_untrusted_pickle_in_a_training_checkpoint_is_refused_on_resume(tmp_path):
+    """Resuming goes through SpeechBrain's Checkpointer, whose hooks use torch's default: weights-only since
+    torch 2.6, which the project requires."""
+    import pickle as pickle_module
+
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    assert tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6)
+    model = torch.nn.Linear(2, 2)
+    checkpointer = Checkpointer(tmp_path / "save", recoverables={"model": model})
+    ckpt = checkpointer.save_checkpoint()
+    marker = tmp_path / "written"
+    crafted(Path(ckpt.path) / "model.ckpt", marker, weight=torch.zeros(2, 2), bias=torch.zeros(2))
+    with pytest.raises(pickle_module.UnpicklingError):
+        checkpointer.recover_if_possible()
+    assert not marker.exists()
