@@ -191,9 +191,13 @@ def safe_extract(archive: PathLike, target: PathLike, keep: Optional[Callable[[s
                 zf.extractall(tmp, chosen)
         else:
             with tarfile.open(archive) as tf:
-                members = [m for m in tf.getmembers() if m.name in set(chosen)]
+                wanted = set(chosen)
+                members = [m for m in tf.getmembers() if m.name in wanted]
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
                 tf.extractall(tmp, members, **extra)  # the stdlib's own checks on top of ours, where it has them
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.replace(tmp, target)

@@ -219,6 +219,7 @@ def test_untrusted_links_inside_the_target_are_kept(tmp_path):
     archive = tar_with(tmp_path / "a.tar", [("d/a.txt", "file", b"a"), ("d/alias.txt", "sym", "a.txt")])
     root = safe_extract(archive, tmp_path / "target")
     assert (root / "d" / "alias.txt").read_bytes() == b"a"
+    assert root.stat().st_mode & 0o077  # the usual permissions, not the temp folder's 0700
 
 
 # ---------------------------------------------------------------------------------- loading (no code)
