@@ -1,9 +1,10 @@
 """Inference bundles: a self-contained folder from which a trained model is loaded for transcription.
 
 ``<output_folder>/inference/`` holds ``inference.yaml`` (features, normalisation, model, and a SpeechBrain
-``Pretrainer``), ``model.ckpt``, ``normalize.ckpt`` and, for a CTC model, ``tokenizer.ckpt`` (the SentencePiece
-model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label encoder; SpeechBrain's Pretrainer
-looks for ``<name>.ckpt``). Load it with
+``Pretrainer``), ``model.ckpt`` (the weights as safetensors, a format that holds tensors only; the name
+follows SpeechBrain's ``<loadable>.ckpt`` convention), ``normalize.ckpt`` and, for a CTC model,
+``tokenizer.ckpt`` (the SentencePiece model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label
+encoder; SpeechBrain's Pretrainer looks for ``<name>.ckpt``). Load it with
 ``dld_brain.inference.DynamicDepthASR.from_hparams(source=...)`` (transcription) or
 ``DynamicDepthClassifier`` (intent classification). Paths inside are relative to the folder, so the bundle
 can be moved or uploaded as is.
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Union
 
 import torch
+
+from dld_brain.safe_files import save_weights
 
 INFERENCE_YAML = "inference.yaml"
 
@@ -48,6 +51,9 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
         model: model.ckpt
         normalize: normalize.ckpt
         {output_key}: {output_file}
+    custom_hooks:  # loaders that run no code from the files (see dld_brain.safe_files)
+        model: !name:dld_brain.safe_files.transfer_weights
+        normalize: !name:dld_brain.safe_files.transfer_statistics
 """
 
 #: What maps model outputs to text or labels, per kind of model: (YAML key, class, file in the bundle).
@@ -114,7 +120,7 @@ def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[
     # a model whose constructor arguments need the network (e.g. a hub WavLM) says how to rebuild it offline
     config = model.bundle_config() if hasattr(model, "bundle_config") else model.config
     (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, config, model_class, kind))
-    torch.save(model.state_dict(), folder / "model.ckpt")
+    save_weights(model.state_dict(), folder / "model.ckpt")  # safetensors: cannot carry code
     normalize = modules["normalize"]
     if hasattr(normalize, "_save"):  # SpeechBrain's InputNormalization: its own statistics format
         normalize._save(folder / "normalize.ckpt")

@@ -28,12 +28,17 @@ from dld_brain.dataio import AudioError, load_audio
 from dld_brain.export import INFERENCE_YAML
 from dld_brain.gates import DepthError, select_layers
 from dld_brain.lobes.conformer import executed_parameters
+from dld_brain.safe_files import UntrustedFileError, check_bundle_yaml, name_untrusted_file, weights_only_loading
 
 PROFILE_FILE = "depth_profile.json"
 
 
 class InferenceInputError(ValueError):
     """Audio that cannot be transcribed; the message names the file and why."""
+
+
+class UntrustedBundleError(InferenceInputError, UntrustedFileError):
+    """A bundle file holding more than tensors and plain types (it is not loaded); the message names it."""
 
 
 class BudgetError(ValueError):
@@ -50,14 +55,37 @@ class DynamicDepthModel(Pretrained):
     silence_peak = 1e-4
 
     @classmethod
-    def from_hparams(cls, source, hparams_file: str = INFERENCE_YAML, savedir=None, **kwargs):
-        """Load a bundle folder (see dld_brain.export); a local ``source`` is used in place."""
+    def from_hparams(cls, source, hparams_file: str = INFERENCE_YAML, savedir=None, trust_yaml: bool = False,
+                     **kwargs):
+        """Load a bundle folder (see dld_brain.export); a local ``source`` is used in place. Its YAML may build
+        only what dld_brain bundles use (:func:`dld_brain.safe_files.check_bundle_yaml`) unless ``trust_yaml``,
+        and its files are read without unpickling anything but tensors and plain types."""
         if savedir is None and Path(source).is_dir():
             savedir = source
-        asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir, **kwargs)
+        if not trust_yaml:
+            try:
+                check_bundle_yaml(cls._fetch_yaml(source, hparams_file, savedir))
+            except UntrustedFileError as err:
+                raise UntrustedBundleError(str(err)) from err
+        try:
+            with weights_only_loading():  # no file of the bundle is unpickled beyond tensors and plain types
+                asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir,
+                                           **kwargs)
+        except UntrustedFileError as err:
+            raise UntrustedBundleError(f"{source}: {name_untrusted_file(source, err)}") from err
         asr.source_dir = Path(savedir) if savedir is not None else None
         asr.mods.eval()
         return asr
+
+    @staticmethod
+    def _fetch_yaml(source, hparams_file: str, savedir) -> Path:
+        """The bundle's YAML file on this machine (fetched as SpeechBrain fetches it, for a remote source)."""
+        local = Path(str(source)) / hparams_file
+        if local.is_file():
+            return local
+        from speechbrain.utils.fetching import fetch
+
+        return Path(fetch(filename=hparams_file, source=source, savedir=savedir, save_filename=None))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -22,6 +22,7 @@ from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
 from dld_brain.export import write_inference_bundle
 from dld_brain.gates import DepthError, select_layers
 from dld_brain.hparams import HparamsError, load_hparams, resolved_yaml_text
+from dld_brain.safe_files import UntrustedFileError
 from dld_brain.sweep import depth_sweep
 from dld_brain.teacher import TeacherError
 from dld_brain.validation import BadDataError
@@ -29,7 +30,8 @@ from dld_brain.validation import BadDataError
 logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
+USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError,
+               UntrustedFileError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:

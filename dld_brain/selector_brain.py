@@ -22,11 +22,10 @@ from typing import Optional, Union
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 
 from dld_brain.brain import DynamicDepthCTCBrain
 from dld_brain.lobes.selector import BudgetError, SelectiveDepthModel, budget_loss, budget_tensor
-from dld_brain.teacher import find_checkpoint, load_module_checked
+from dld_brain.teacher import find_checkpoint, load_module_checked, load_with_default_hook
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def load_backbone(modules: dict, checkpoint: Union[str, Path]) -> Path:
     """
     ckpt = find_checkpoint(checkpoint)
     load_module_checked(modules["model"], ckpt / "model.ckpt")
-    get_default_hook(modules["normalize"], DEFAULT_LOAD_HOOKS)(modules["normalize"], ckpt / "normalize.ckpt", False)
+    load_with_default_hook(modules["normalize"], ckpt / "normalize.ckpt")
     logger.info("Backbone loaded from %s", ckpt)
     return ckpt
 
