@@ -94,6 +94,8 @@ class DynamicDepthCTCBrain(sb.Brain):
         self.kd_weight = float(self.hparams_get("kd_weight", 0.0) or 0.0)
         self.wer_file: Optional[Path] = None
         self.test_stats: dict = {}
+        #: a dld_brain.decoding.CTCDecoder: at test, also scored (``WER_beam``, ``<wer_file>`` with ``_beam``)
+        self.beam_decoder = None
         if self.hparams_get("teacher_checkpoint") and not self.hparams_get("skip_training", False):
             self._setup_teacher(self.hparams_get("teacher_checkpoint"))
         self.askd = self.hparams_get("askd")
@@ -269,6 +271,9 @@ class DynamicDepthCTCBrain(sb.Brain):
             words = [self.tokenizer_decode(h).split() for h in hyps]
             targets = [w.split() for w in batch.wrd]
             self.wer_metrics[self._metric_key].append(batch.id, words, targets)
+            if stage == sb.Stage.TEST and self.beam_decoder is not None:
+                beam_words = [w.split() for w in self.beam_decoder.decode(log_probs, wav_lens)[0]]
+                self.wer_metrics["beam"].append(batch.id, beam_words, targets)
         return loss
 
     def add_teacher_term(self, loss: torch.Tensor, loss_kd: torch.Tensor, agreement) -> torch.Tensor:
@@ -331,6 +336,8 @@ class DynamicDepthCTCBrain(sb.Brain):
             self.wer_metrics = {d: ErrorRateStats() for d in self.valid_depths()}
         elif stage == sb.Stage.TEST:
             self.wer_metrics = {None: ErrorRateStats()}
+            if self.beam_decoder is not None:
+                self.wer_metrics["beam"] = ErrorRateStats()
         if self.teacher is not None:
             for module in self.teacher.values():
                 module.eval()
@@ -372,6 +379,8 @@ class DynamicDepthCTCBrain(sb.Brain):
                     self.wer_metrics[None].append([utt], [[]], [words.split()])
                 wers[None] = self.wer_metrics[None].summarize("error_rate")
             stats["WER"] = wers[None]
+            if "beam" in wers:
+                stats["WER_beam"] = wers["beam"]
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
@@ -379,6 +388,10 @@ class DynamicDepthCTCBrain(sb.Brain):
                 Path(self.wer_file).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.wer_file, "w") as handle:
                     self.wer_metrics[None].write_stats(handle)
+                if "beam" in self.wer_metrics:
+                    beam_file = Path(self.wer_file)
+                    with open(beam_file.with_name(f"{beam_file.stem}_beam{beam_file.suffix}"), "w") as handle:
+                        self.wer_metrics["beam"].write_stats(handle)
 
     def askd_end_train(self, stats: dict) -> None:
         """Add the epoch's ASKD weights (means over its steps) to the training stats, then let the adaptive

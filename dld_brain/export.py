@@ -4,7 +4,9 @@
 ``Pretrainer``), ``model.ckpt`` (the weights as safetensors, a format that holds tensors only; the name
 follows SpeechBrain's ``<loadable>.ckpt`` convention), ``normalize.ckpt`` and, for a CTC model,
 ``tokenizer.ckpt`` (the SentencePiece model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label
-encoder; SpeechBrain's Pretrainer looks for ``<name>.ckpt``). Load it with
+encoder; SpeechBrain's Pretrainer looks for ``<name>.ckpt``). A CTC bundle also carries its decoder
+(``decoder``: beam size, LM weight, word score; ``lexicon.txt`` / ``lm.arpa`` when used) and the ``encoder`` /
+``decoding_function`` entries that let SpeechBrain's own ``EncoderASR.from_hparams(source=...)`` load it. Load it with
 ``dld_brain.inference.DynamicDepthASR.from_hparams(source=...)`` (transcription) or
 ``DynamicDepthClassifier`` (intent classification). Paths inside are relative to the folder, so the bundle
 can be moved or uploaded as is.
@@ -15,11 +17,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 from dld_brain.safe_files import save_weights
+from dld_brain.decoding import DECODER_DEFAULTS, DecoderConfigError, decoder_settings, resolve_lexicon
 
 INFERENCE_YAML = "inference.yaml"
 
@@ -38,22 +41,48 @@ model: !new:{model_class}
 
 {output_key}: !new:{output_class}
 
+audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer
+    sample_rate: {sample_rate}
+{decoding}
 modules:
     model: !ref <model>
-    normalize: !ref <normalize>
+    normalize: !ref <normalize>{extra_modules}
 
 pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     loadables:
         model: !ref <model>
         normalize: !ref <normalize>
-        {output_key}: !ref <{output_key}>
+        {output_key}: !ref <{output_key}>{extra_loadables}
     paths:
         model: model.ckpt
         normalize: normalize.ckpt
-        {output_key}: {output_file}
+        {output_key}: {output_file}{extra_paths}
     custom_hooks:  # loaders that run no code from the files (see dld_brain.safe_files)
         model: !name:dld_brain.safe_files.transfer_weights
         normalize: !name:dld_brain.safe_files.transfer_statistics
+"""
+
+#: The CTC decoding part of a bundle (dld_brain.decoding): SpeechBrain's EncoderASR reads ``encoder`` and
+#: ``decoding_function``; DynamicDepthASR reads ``decoder``. Lexicon and LM files travel in the bundle.
+_DECODING = """
+# SpeechBrain's EncoderASR: encoder(wavs, wav_lens) -> log-probabilities at full depth, then decoding_function
+encoder: !new:dld_brain.inference.WaveformCTC
+    compute_features: !ref <compute_features>
+    normalize: !ref <normalize>
+    model: !ref <model>
+{files}
+# decoding (dld_brain.decoding): beam_size 0 = greedy; a lexicon restricts the output to its words
+decoder: !new:dld_brain.decoding.CTCDecoder
+    tokenizer: !ref <tokenizer>
+    blank_index: !ref <blank_index>
+    beam_size: {beam_size}
+    lexicon: {lexicon}
+    lm: {lm}
+    lm_weight: {lm_weight}
+    word_score: {word_score}
+
+decoding_function: !name:dld_brain.decoding.decode_tokens
+    decoder: !ref <decoder>
 """
 
 #: What maps model outputs to text or labels, per kind of model: (YAML key, class, file in the bundle).
@@ -94,18 +123,61 @@ def features_yaml(hparams: dict) -> tuple[str, int]:
     return text, rate
 
 
+def decoding_yaml(decoder: Optional[dict]) -> dict:
+    """The template parts of a CTC bundle's decoding: ``decoder`` holds ``beam_size``, ``lexicon`` and
+    ``lm_path`` (file names inside the bundle, or None), ``lm_weight``, ``word_score``."""
+    decoder = {**DECODER_DEFAULTS, "beam_size": 0, **(decoder or {})}
+    files, loadables, paths = "", "", ""
+    refs = {"lexicon": "null", "lm": "null"}
+    for key, name in (("lexicon", decoder["lexicon"]), ("lm", decoder["lm_path"])):
+        if name:
+            files += f"{key}_file: !new:dld_brain.decoding.BundleFile\n"
+            loadables += f"\n        {key}_file: !ref <{key}_file>"
+            paths += f"\n        {key}_file: {name}"
+            refs[key] = f"!ref <{key}_file>"
+    decoding = _DECODING.format(files=files, beam_size=int(decoder["beam_size"] or 0), lexicon=refs["lexicon"],
+                                lm=refs["lm"], lm_weight=float(decoder["lm_weight"]),
+                                word_score=float(decoder["word_score"]))
+    return {"decoding": decoding, "extra_modules": "\n    encoder: !ref <encoder>",
+            "extra_loadables": loadables, "extra_paths": paths}
+
+
 def inference_yaml(hparams: dict, model_config: dict, model_class: str = "dld_brain.lobes.ConformerCTC",
-                   kind: str = "ctc") -> str:
+                   kind: str = "ctc", decoder: Optional[dict] = None) -> str:
     """The text of ``inference.yaml`` for a model of ``model_class`` (``kind``: ctc / classifier) trained
-    with ``hparams``; the model arguments are written as JSON values (valid YAML: null, true, nested maps)."""
+    with ``hparams``; the model arguments are written as JSON values (valid YAML: null, true, nested maps).
+    ``decoder``: a CTC bundle's decoding settings (see :func:`decoding_yaml`; default greedy)."""
     output_key, output_class, output_file, interface, call = _OUTPUTS[kind]
     features, rate = features_yaml(hparams)
     config = dict(model_config, drop_prob=0.0)  # inference: no random gates
     args = "\n".join(f"    {k}: {json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in config.items())
+    parts = decoding_yaml(decoder) if kind == "ctc" else {
+        "decoding": "", "extra_modules": "", "extra_loadables": "", "extra_paths": ""}
     return _TEMPLATE.format(
         sample_rate=rate, blank_index=hparams.get("blank_index", 0), method=hparams.get("method", "model"),
         features=features, model_args=args, model_class=model_class, output_key=output_key,
-        output_class=output_class, output_file=output_file, interface=interface, call=call)
+        output_class=output_class, output_file=output_file, interface=interface, call=call, **parts)
+
+
+def bundle_decoder(hparams: dict, tokenizer_file: Union[str, Path], folder: Path) -> dict:
+    """Copy the recipe's decoding files into the bundle (``lexicon.txt``: from ``lexicon: auto`` = the
+    training words, or the given file; ``lm`` + its suffix) and return the bundle's decoder settings."""
+    import sentencepiece
+
+    settings = decoder_settings(hparams)
+    if not settings["beam_size"]:
+        return dict(settings, beam_size=0, lexicon=None, lm_path=None)
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_file))
+    lexicon = resolve_lexicon(hparams, tokenizer, folder)
+    if lexicon is not None and Path(lexicon).resolve() != (folder / "lexicon.txt").resolve():
+        shutil.copyfile(lexicon, folder / "lexicon.txt")
+    lm = settings["lm_path"]
+    if lm:
+        if not Path(lm).is_file():
+            raise DecoderConfigError(f"lm_path: {lm} does not exist (a KenLM .arpa or .bin file)")
+        shutil.copyfile(lm, folder / f"lm{Path(lm).suffix or '.arpa'}")
+    return dict(settings, lexicon="lexicon.txt" if lexicon is not None else None,
+                lm_path=f"lm{Path(lm).suffix or '.arpa'}" if lm else None)
 
 
 def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[str, Path],
@@ -119,7 +191,8 @@ def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[
     model_class = f"{type(model).__module__}.{type(model).__qualname__}"
     # a model whose constructor arguments need the network (e.g. a hub WavLM) says how to rebuild it offline
     config = model.bundle_config() if hasattr(model, "bundle_config") else model.config
-    (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, config, model_class, kind))
+    decoder = bundle_decoder(hparams, output_map_file, folder) if kind == "ctc" else None
+    (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, config, model_class, kind, decoder))
     save_weights(model.state_dict(), folder / "model.ckpt")  # safetensors: cannot carry code
     normalize = modules["normalize"]
     if hasattr(normalize, "_save"):  # SpeechBrain's InputNormalization: its own statistics format

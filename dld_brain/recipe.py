@@ -19,6 +19,7 @@ from speechbrain.utils.distributed import run_on_main
 from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError, NonFiniteLossError
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
+from dld_brain.decoding import DecoderConfigError, build_decoder
 from dld_brain.export import write_inference_bundle
 from dld_brain.gates import DepthError, select_layers
 from dld_brain.hparams import HparamsError, load_hparams, resolved_yaml_text
@@ -30,8 +31,8 @@ from dld_brain.validation import BadDataError
 logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError,
-               UntrustedFileError)
+USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError,
+               MethodConfigError, AudioError, UntrustedFileError, DecoderConfigError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
@@ -172,7 +173,8 @@ def run_asr_recipe(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
-    fit_and_sweep(brain, datasets, hparams)
+    decoder = build_decoder(hparams, tokenizer, hparams["output_folder"])  # a lexicon error before training
+    fit_and_sweep(brain, datasets, hparams, decoder=decoder)
     if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         tokenizer.prefix_model_file + ".model",
@@ -210,16 +212,17 @@ def check_averaging(hparams: dict) -> None:
                            f"{keep}: set --ckpts_to_keep={avg} (or more)")
 
 
-def fit_and_sweep(brain, datasets: dict, hparams: dict, metric: str = "WER", max_key: Optional[str] = None):
-    """:func:`fit`, then the depth sweep on every set named in ``test_csvs``; shared by the ASR and the
-    classification recipes."""
+def fit_and_sweep(brain, datasets: dict, hparams: dict, metric: str = "WER", max_key: Optional[str] = None,
+                  decoder=None):
+    """:func:`fit`, then the depth sweep on every set named in ``test_csvs`` (greedy and ``decoder`` WER);
+    shared by the ASR and the classification recipes."""
     fit(brain, datasets, hparams)
     test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
     return depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
                        depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
                        loader_kwargs=private_generator(hparams["test_dataloader_opts"], hparams),
                        tag=evaluation_tag(hparams), metric=metric,
-                       min_key=None if max_key else metric, max_key=max_key)
+                       min_key=None if max_key else metric, max_key=max_key, decoder=decoder)
 
 
 def main_guard(fn: Callable[[], object]) -> None:

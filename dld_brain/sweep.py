@@ -2,7 +2,10 @@
 
 For each test set and depth n the trained model is evaluated with ``n`` layers chosen by the encoder's
 depth policy; results go to ``depth_sweep_<set>.csv`` / ``.md`` and ``wer_<set>_n<k>.txt`` (SpeechBrain's
-per-utterance WER details) in the output folder.
+per-utterance WER details) in the output folder. With a beam-search ``decoder`` (:mod:`dld_brain.decoding`)
+every depth is scored with greedy decoding (``WER``) and with the decoder (``WER_beam``,
+``wer_<set>_n<k>_beam.txt``), and the decoding cost is measured next to the encoder's on the same batch
+(``greedy_decode_ms``, ``beam_decode_ms``: median ms for the batch's log-probabilities, CPU search).
 
 Under DDP (torchrun) the sweep runs once, on the main process, with the modules taken out of their DDP
 wrappers; the other ranks wait at a barrier and receive the table (see :func:`on_main_process`). The latency
@@ -89,6 +92,35 @@ def utterance_durations(dataset) -> list[float]:
     if data is not None and ids is not None and all("duration" in data[i] for i in ids):
         return [float(data[i]["duration"]) for i in ids]
     return [float(len(dataset[i]["sig"])) for i in range(len(dataset))]
+def measure_decoding_latency(
+    model: torch.nn.Module,
+    feats: torch.Tensor,
+    lens: torch.Tensor,
+    layer_sets: Sequence[Sequence[int]],
+    decoders: Sequence,
+    repeats: int = 5,
+) -> list[list[float]]:
+    """Median wall-clock ms of each decoder (``decode_tokens(log_probs, lens)``) on the model's
+    log-probabilities at each layer set: one list per layer set, one value per decoder. The posteriors
+    change with depth, and so does the search (a sharper posterior prunes more)."""
+    out = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for layers in layer_sets:
+            log_probs = model(feats, lens, layers=layers)
+            row = []
+            for decoder in decoders:
+                decoder.decode_tokens(log_probs, lens)  # warm-up (builds the search once)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    decoder.decode_tokens(log_probs, lens)
+                    times.append((time.perf_counter() - start) * 1000.0)
+                row.append(statistics.median(times))
+            out.append(row)
+    model.train(was_training)
+    return out
 
 
 def latency_batch(brain, dataset, size: int = 8):
@@ -148,11 +180,13 @@ def depth_sweep(
     tag: str = "",
     metric: str = "WER",
     max_key: Optional[str] = None,
+    decoder=None,
 ) -> pd.DataFrame:
     """Evaluate ``brain`` (best checkpoint by ``min_key``, or ``max_key``) at every depth on every test set;
     write the outputs. ``metric`` is the key of ``brain.test_stats`` reported (WER, or e.g. accuracy).
 
     ``tag`` is appended to every file name (e.g. ``_ep25`` when evaluating epoch 25's checkpoint).
+    ``decoder``: a :class:`dld_brain.decoding.CTCDecoder` scored next to greedy decoding (``WER_beam``).
     Returns the concatenated sweep table (one row per set and depth). Under DDP it runs on the main process
     only and every rank gets the table (:func:`on_main_process`).
     """
@@ -163,6 +197,10 @@ def depth_sweep(
     depth_list = sweep_depths(encoder.num_layers, depths)
     layer_sets = [encoder.set_depth(d, policy=policy) for d in depth_list]
     encoder.set_depth(None)
+    beam = decoder is not None and not decoder.is_greedy
+    brain.beam_decoder = decoder if beam else None
+    if beam:
+        logger.info("%s: scoring greedy and %s decoding", method, decoder.describe())
     frames = []
     for set_name, dataset in test_sets.items():
         rows = []
@@ -175,6 +213,7 @@ def depth_sweep(
             rows.append({"method": method, "test_set": set_name, "depth": depth,
                          "layers": " ".join(str(i) for i in layers),
                          metric: round(brain.test_stats[metric], 2),
+                         **({"WER_beam": round(brain.test_stats["WER_beam"], 2)} if beam else {}),
                          "encoder_params": params["encoder"], "total_params": params["total"],
                          "refs_outside_tokenizer": len(getattr(dataset, "outside_tokenizer", ())),
                          "refs_unreadable": len(getattr(dataset, "unreadable_refs", ()))})
@@ -188,11 +227,22 @@ def depth_sweep(
             row["encoder_latency_ms"] = round(lat, 2)
             row["latency_ratio"] = round(lat / full, 3) if full else None
             row["ideal_ratio"] = round(row["depth"] / encoder.num_layers, 3)
-        table = pd.DataFrame(rows, columns=[metric if c == "WER" else c for c in SWEEP_COLUMNS])
+        columns = [metric if c == "WER" else c for c in SWEEP_COLUMNS]
+        if beam:
+            from dld_brain.decoding import CTCDecoder
+
+            greedy = CTCDecoder(decoder.tokenizer, blank_index=decoder.blank_index, beam_size=0)
+            costs = measure_decoding_latency(model, feats, lens, layer_sets, [greedy, decoder],
+                                             repeats=latency_repeats)
+            for row, (greedy_ms, beam_ms) in zip(rows, costs):
+                row["greedy_decode_ms"], row["beam_decode_ms"] = round(greedy_ms, 2), round(beam_ms, 2)
+            columns = columns[:5] + ["WER_beam"] + columns[5:] + ["greedy_decode_ms", "beam_decode_ms"]
+        table = pd.DataFrame(rows, columns=columns)
         if sb.utils.distributed.if_main_process():
             table.to_csv(output_folder / f"depth_sweep_{set_name}{tag}.csv", index=False)
             (output_folder / f"depth_sweep_{set_name}{tag}.md").write_text(markdown_table(table) + "\n")
         frames.append(table)
+    brain.beam_decoder = None
     return pd.concat(frames, ignore_index=True)
 
 
