@@ -31,6 +31,7 @@ from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.askd import AgreementRule, top1_agreement
+from dld_brain.augment import apply_augment, replicate_labels
 from dld_brain.checkpointing import RandomState
 from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
@@ -68,7 +69,8 @@ class DynamicDepthCTCBrain(sb.Brain):
 
     Expects in ``modules``: ``model`` (e.g. :class:`dld_brain.lobes.ConformerCTC`) and ``normalize``
     (feature normalisation); in ``hparams``: ``compute_features``, ``ctc_cost``, ``blank_index``,
-    ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (list),
+    ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (SpeechBrain Augmenters, modules or lists:
+    see :mod:`dld_brain.augment`),
     ``lr_annealing``, ``valid_depths``, ``kd_weight``, ``kd_temperature``, ``kd_normalisation``,
     ``teacher_checkpoint``, ``init_from_teacher``, ``askd`` (:class:`dld_brain.askd.ASKD`).
     """
@@ -133,15 +135,20 @@ class DynamicDepthCTCBrain(sb.Brain):
     def compute_features(self, batch, stage):
         """Waveforms -> normalised (and in training, augmented) filterbanks; returns (feats, wav_lens)."""
         wavs, wav_lens = batch.sig
-        augment_wav = self.hparams_get("wav_augment")
-        if stage == sb.Stage.TRAIN and augment_wav is not None:
-            wavs = augment_wav(wavs)
+        if stage == sb.Stage.TRAIN:  # an Augmenter may replicate the batch: see replicate_labels
+            wavs, wav_lens = apply_augment(self.hparams_get("wav_augment"), wavs, wav_lens)
         feats = self.hparams.compute_features(wavs)
         feats = self.modules.normalize(feats, wav_lens, epoch=self.hparams.epoch_counter.current)
         if stage == sb.Stage.TRAIN:
-            for augment in self.hparams_get("spec_augment") or []:
-                feats = augment(feats)
+            feats, wav_lens = apply_augment(self.hparams_get("spec_augment"), feats, wav_lens)
         return feats, wav_lens
+
+    def replicate_labels(self, labels: torch.Tensor, stage) -> torch.Tensor:
+        """Labels of a training batch replicated as its Augmenters replicated the audio (SpeechBrain's
+        ``wav_augment.replicate_labels``); unchanged outside training."""
+        if stage != sb.Stage.TRAIN:
+            return labels
+        return replicate_labels((self.hparams_get("wav_augment"), self.hparams_get("spec_augment")), labels)
 
     def compute_forward(self, batch, stage):
         """Student CTC log-posteriors, and in DLD training the frozen teacher's on the same features
@@ -186,6 +193,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         log_probs, wav_lens, teacher_log_probs, *rest = predictions
         self_log_probs = rest[0] if rest else None
         tokens, tokens_lens = batch.tokens
+        tokens, tokens_lens = self.replicate_labels(tokens, stage), self.replicate_labels(tokens_lens, stage)
         loss = self.hparams.ctc_cost(log_probs, tokens, wav_lens, tokens_lens)
         self._loss_parts["ctc"] += float(loss.detach())
         if teacher_log_probs is not None:
