@@ -31,6 +31,7 @@ from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.askd import AgreementRule, top1_agreement
+from dld_brain.augment import apply_augment, replicate_labels
 from dld_brain.checkpointing import RandomState
 from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
@@ -76,7 +77,8 @@ class DynamicDepthCTCBrain(sb.Brain):
 
     Expects in ``modules``: ``model`` (e.g. :class:`dld_brain.lobes.ConformerCTC`) and ``normalize``
     (feature normalisation); in ``hparams``: ``compute_features``, ``ctc_cost``, ``blank_index``,
-    ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (list),
+    ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (SpeechBrain Augmenters, modules or lists:
+    see :mod:`dld_brain.augment`),
     ``lr_annealing``, ``valid_depths``, ``kd_weight``, ``kd_temperature``, ``kd_normalisation``,
     ``teacher_checkpoint``, ``init_from_teacher``, ``askd`` (:class:`dld_brain.askd.ASKD`).
     """
@@ -180,18 +182,18 @@ class DynamicDepthCTCBrain(sb.Brain):
         targets either way. Outside training, or when no KD target is computed, both are the same tensor.
         """
         wavs, wav_lens = batch.sig
-        augment_wav = self.hparams_get("wav_augment")
-        if stage == sb.Stage.TRAIN and augment_wav is not None:
-            wavs = augment_wav(wavs)
+        if stage == sb.Stage.TRAIN:  # an Augmenter may replicate the batch: see replicate_labels
+            wavs, wav_lens = apply_augment(self.hparams_get("wav_augment"), wavs, wav_lens)
         feats = self.hparams.compute_features(wavs)
         feats = self.modules.normalize(feats, wav_lens, epoch=self.hparams.epoch_counter.current)
         clean = None
         if stage == sb.Stage.TRAIN:
-            augments = self.hparams_get("spec_augment") or []
+            augments = self.hparams_get("spec_augment")
             if augments and self.kd_teacher_input == "clean" and self.computes_kd_targets():
                 clean = feats.clone()
-            for augment in augments:
-                feats = augment(feats)
+            feats, wav_lens = apply_augment(augments, feats, wav_lens)
+            if clean is not None and clean.shape[0] != feats.shape[0]:  # an Augmenter replicated the batch
+                clean = replicate_labels((augments,), clean)
         return feats, feats if clean is None else clean, wav_lens
 
     @property
@@ -203,6 +205,13 @@ class DynamicDepthCTCBrain(sb.Brain):
     def computes_kd_targets(self) -> bool:
         """Whether training steps run the teacher or the ASKD self-KD source (which need their input)."""
         return self.teacher is not None or self.askd is not None
+
+    def replicate_labels(self, labels: torch.Tensor, stage) -> torch.Tensor:
+        """Labels of a training batch replicated as its Augmenters replicated the audio (SpeechBrain's
+        ``wav_augment.replicate_labels``); unchanged outside training."""
+        if stage != sb.Stage.TRAIN:
+            return labels
+        return replicate_labels((self.hparams_get("wav_augment"), self.hparams_get("spec_augment")), labels)
 
     def compute_forward(self, batch, stage):
         """Student CTC log-posteriors, and in DLD training the frozen teacher's (on the student's features, or
@@ -249,6 +258,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         log_probs, wav_lens, teacher_log_probs, *rest = predictions
         self_log_probs = rest[0] if rest else None
         tokens, tokens_lens = batch.tokens
+        tokens, tokens_lens = self.replicate_labels(tokens, stage), self.replicate_labels(tokens_lens, stage)
         loss = self.hparams.ctc_cost(log_probs, tokens, wav_lens, tokens_lens)
         self._loss_parts["ctc"] += float(loss.detach())
         if teacher_log_probs is not None:

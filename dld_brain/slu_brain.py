@@ -77,7 +77,7 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
         counted per depth outside training."""
         log_probs, teacher_log_probs, *rest = predictions
         self_log_probs = rest[0] if rest else None
-        targets = batch.intent_encoded.data.reshape(-1).to(log_probs.device)
+        targets = self.replicate_labels(batch.intent_encoded.data.reshape(-1).to(log_probs.device), stage)
         loss = torch.nn.functional.nll_loss(log_probs, targets)
         self._loss_parts["nll"] += float(loss.detach())
         if teacher_log_probs is not None:
