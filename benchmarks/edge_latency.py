@@ -80,10 +80,13 @@ def main() -> None:
         edge_dir = export_edge(model, asr.hparams.compute_features, asr.mods.normalize, pieces, tmp / "edge",
                                asr.hparams.blank_index)
         quantize_edge(edge_dir, tmp / "edge_int8")
+        quantize_edge(edge_dir, tmp / "edge_int8_conv", ops=None)  # convolutions quantised too
         export_s = time.perf_counter() - start
-        edge = {"fp32": EdgeASR(edge_dir, threads=args.threads), "int8": EdgeASR(tmp / "edge_int8", threads=args.threads)}
+        edge = {"fp32": EdgeASR(edge_dir, threads=args.threads), "int8": EdgeASR(tmp / "edge_int8", threads=args.threads),
+                "int8_conv": EdgeASR(tmp / "edge_int8_conv", threads=args.threads)}
         sizes = {"per-depth graphs (all depths)": folder_size(tmp, "encoder_ctc_n*.onnx"),
-                 "edge artifact fp32": folder_size(edge_dir), "edge artifact int8": folder_size(tmp / "edge_int8")}
+                 "edge artifact fp32": folder_size(edge_dir), "edge artifact int8": folder_size(tmp / "edge_int8"),
+                 "edge artifact int8, convolutions too": folder_size(tmp / "edge_int8_conv")}
 
         # ---- latency: same features into every runtime
         sig, wavs = [], table["wav"].tolist()
@@ -100,7 +103,8 @@ def main() -> None:
                 fns = {"torch": lambda: model(feats, lens, layers=layers),
                        "per_depth": lambda: per_depth[depth].run(None, {"feats": feats_np, "wav_lens": lens.numpy()}),
                        "fp32": lambda: edge["fp32"].log_probs(feats_np, depth=depth),
-                       "int8": lambda: edge["int8"].log_probs(feats_np, depth=depth)}
+                       "int8": lambda: edge["int8"].log_probs(feats_np, depth=depth),
+                       "int8_conv": lambda: edge["int8_conv"].log_probs(feats_np, depth=depth)}
                 for fn in fns.values():
                     fn()
                 samples = {k: [] for k in fns}
@@ -148,11 +152,12 @@ def main() -> None:
     for name, size in sizes.items():
         print(f"| {name} | {size:,} | {size / base:.2f} |")
     print("\n| depth | PyTorch ms | per-depth ONNX ms | edge fp32 ms | edge int8 ms | edge fp32 / per-depth | "
-          "edge fp32 / PyTorch | int8 / fp32 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "edge fp32 / PyTorch | int8 / fp32 | int8 with conv / fp32 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for depth, t in rows:
         print(f"| {depth} | {t['torch']:.1f} | {t['per_depth']:.1f} | {t['fp32']:.1f} | {t['int8']:.1f} | "
-              f"{t['fp32'] / t['per_depth']:.2f} | {t['fp32'] / t['torch']:.2f} | {t['int8'] / t['fp32']:.2f} |")
+              f"{t['fp32'] / t['per_depth']:.2f} | {t['fp32'] / t['torch']:.2f} | {t['int8'] / t['fp32']:.2f} | "
+              f"{t['int8_conv'] / t['fp32']:.2f} |")
     n = len(table)
     print(f"\nWER % on {n} test utterances ({words} words), greedy; 'same' = transcripts equal to PyTorch's\n")
     print("| depth | PyTorch | per-depth ONNX | edge fp32 | edge int8 | same: per-depth | same: fp32 | same: int8 |")

@@ -274,18 +274,30 @@ def export_edge(model: torch.nn.Module, compute_features: torch.nn.Module, norma
     return folder
 
 
-def quantize_edge(folder: Union[str, Path], out: Union[str, Path]) -> Path:
+def quantize_edge(folder: Union[str, Path], out: Union[str, Path], ops=("MatMul", "Gemm")) -> Path:
     """int8 dynamic quantisation (onnxruntime's ``quantize_dynamic``: int8 weights, activations quantised
-    per call) of every graph of an edge artifact into ``out``, a complete artifact of its own."""
+    per call) of every graph of an edge artifact into ``out``, a complete artifact of its own.
+
+    ``ops``: the operator types quantised (None: all onnxruntime can). The default leaves the convolutions in
+    fp32: ``benchmarks/edge_latency.py`` times both and quantised convolutions (ConvInteger) are slower on
+    CPU than fp32 ones."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder, out = Path(folder), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for item in folder.iterdir():
-        if item.suffix == ".onnx":
-            quantize_dynamic(str(item), str(out / item.name), weight_type=QuantType.QInt8)
-        elif item.is_file():
-            shutil.copyfile(item, out / item.name)
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns about every integer tensor it skips
+    try:
+        for item in sorted(folder.iterdir()):
+            if item.suffix == ".onnx":
+                quantize_dynamic(str(item), str(out / item.name), weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=list(ops) if ops else None)
+            elif item.is_file():
+                shutil.copyfile(item, out / item.name)
+    finally:
+        logging.getLogger().setLevel(quiet)
     return out
 
 
