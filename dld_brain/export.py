@@ -244,6 +244,158 @@ def export_torchscript(model: torch.nn.Module, layers, path: Union[str, Path], n
     return Path(path)
 
 
+class _FrontEnd(torch.nn.Module):
+    """Edge graph 1: ``(feats, wav_lens) -> (x, pad_mask, pos_embs)``, the encoder input, its padding mask
+    and the relative positional encodings every layer reads."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor):
+        x, pad_mask = self.model.embed(feats, wav_lens)
+        return x, pad_mask, self.model.pos_enc(x)
+
+
+class _Layer(torch.nn.Module):
+    """Edge graph per layer: ``(x, pad_mask, pos_embs) -> x`` through one conformer layer."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, pos_embs: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, src_mask=None, src_key_padding_mask=pad_mask, pos_embs=pos_embs)[0]
+
+
+class _Head(torch.nn.Module):
+    """Edge graph last: ``x -> log_probs``, the encoder's final norm, CTC head and log-softmax."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.output(self.model.encoder.norm(x))
+
+
+def _onnx(module: torch.nn.Module, example: tuple, path: Path, inputs: list, outputs: list, axes: dict) -> None:
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), example, str(path), input_names=inputs, output_names=outputs,
+                          opset_version=17, dynamo=False, dynamic_axes=axes)
+
+
+def feature_arrays(compute_features: torch.nn.Module, normalize: torch.nn.Module) -> tuple[dict, dict]:
+    """The trained front-end as plain numbers for :class:`dld_brain.edge.NumpyFbank`: (settings for
+    ``edge.json``, arrays for ``features.npz``: the STFT window padded to n_fft as ``torch.stft`` applies it,
+    the mel matrix, and the global normaliser statistics if any)."""
+    stft, fb = compute_features.compute_STFT, compute_features.compute_fbanks
+    if compute_features.deltas or compute_features.context or not stft.center or stft.pad_mode != "constant":
+        raise ValueError("edge export covers SpeechBrain's Fbank without deltas/context, centred STFT")
+    left = (stft.n_fft - stft.win_length) // 2
+    window = torch.zeros(stft.n_fft, dtype=torch.float64)
+    window[left:left + stft.win_length] = stft.window.double()
+    f_central = fb.f_central.repeat(fb.all_freqs_mat.shape[1], 1).transpose(0, 1)
+    band = fb.band.repeat(fb.all_freqs_mat.shape[1], 1).transpose(0, 1)
+    with torch.no_grad():
+        matrix = fb._create_fbank_matrix(f_central, band)
+    settings = dict(sample_rate=stft.sample_rate, n_fft=stft.n_fft, hop_length=stft.hop_length,
+                    win_length=stft.win_length, n_mels=fb.n_mels, multiplier=fb.multiplier, amin=fb.amin,
+                    db_multiplier=fb.db_multiplier, top_db=fb.top_db, log_mel=fb.log_mel)
+    arrays = {"window": window.numpy(), "fbank_matrix": matrix.double().numpy()}
+    norm = dict(norm_type=normalize.norm_type, std_norm=bool(normalize.std_norm), epsilon=normalize.epsilon)
+    if normalize.norm_type == "global":
+        arrays.update(glob_mean=normalize.glob_mean.double().numpy(), glob_std=normalize.glob_std.double().numpy())
+    elif normalize.norm_type != "sentence":
+        raise ValueError(f"normaliser {normalize.norm_type!r}: the edge runner supports sentence and global")
+    return dict(features=settings, normalize=norm), arrays
+
+
+def export_edge(model: torch.nn.Module, compute_features: torch.nn.Module, normalize: torch.nn.Module,
+                pieces: list, folder: Union[str, Path], blank_index: int = 0, lexicon=None) -> Path:
+    """Write the one-artifact edge export of a conformer CTC model (see :mod:`dld_brain.edge`): the front-end,
+    each layer once and the head as separate ONNX graphs that :class:`dld_brain.edge.EdgeASR` chains in the
+    order a depth chooses, plus the feature settings, mel matrix, normaliser and token strings (``pieces``,
+    id -> SentencePiece piece), and ``lexicon.txt`` if ``lexicon`` (words) is given."""
+    import numpy as np
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    n_mels = model.config["n_mels"]
+    feats, lens = torch.randn(2, 200, n_mels), torch.tensor([1.0, 0.8])
+    _onnx(_FrontEnd(model), (feats, lens), folder / "frontend.onnx", ["feats", "wav_lens"],
+          ["x", "pad_mask", "pos_embs"], {"feats": {0: "batch", 1: "frames"}, "wav_lens": {0: "batch"},
+                                          "x": {0: "batch", 1: "steps"}, "pad_mask": {0: "batch", 1: "steps"},
+                                          "pos_embs": {1: "positions"}})
+    with torch.no_grad():
+        x, pad_mask, pos = _FrontEnd(model)(feats, lens)
+    axes = {"x": {0: "batch", 1: "steps"}, "pad_mask": {0: "batch", 1: "steps"}, "pos_embs": {1: "positions"},
+            "y": {0: "batch", 1: "steps"}}
+    names = []
+    for i, layer in enumerate(model.encoder.layers):
+        names.append(f"layer_{i:02d}.onnx")
+        _onnx(_Layer(layer), (x, pad_mask, pos), folder / names[-1], ["x", "pad_mask", "pos_embs"], ["y"], axes)
+    _onnx(_Head(model), (x,), folder / "head.onnx", ["x"], ["log_probs"],
+          {"x": {0: "batch", 1: "steps"}, "log_probs": {0: "batch", 1: "steps"}})
+    settings, arrays = feature_arrays(compute_features, normalize)
+    np.savez(folder / "features.npz", **arrays)
+    meta = dict(format="dld-brain edge 1", sample_rate=settings["features"]["sample_rate"],
+                blank_index=int(blank_index), depth_policy=model.encoder.depth_policy,
+                num_layers=model.encoder.num_layers, pieces=list(pieces),
+                graphs={"frontend": "frontend.onnx", "layers": names, "head": "head.onnx"}, **settings)
+    (folder / "edge.json").write_text(json.dumps(meta, indent=1))
+    if lexicon is not None:
+        (folder / "lexicon.txt").write_text("\n".join(sorted(set(lexicon))) + "\n")
+    return folder
+
+
+def quantize_edge(folder: Union[str, Path], out: Union[str, Path], ops=("MatMul", "Gemm")) -> Path:
+    """int8 dynamic quantisation (onnxruntime's ``quantize_dynamic``: int8 weights, activations quantised
+    per call) of every graph of an edge artifact into ``out``, a complete artifact of its own.
+
+    ``ops``: the operator types quantised (None: all onnxruntime can). The default leaves the convolutions in
+    fp32: ``benchmarks/edge_latency.py`` times both and quantised convolutions (ConvInteger) are slower on
+    CPU than fp32 ones."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder, out = Path(folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns about every integer tensor it skips
+    try:
+        for item in sorted(folder.iterdir()):
+            if item.suffix == ".onnx":
+                quantize_dynamic(str(item), str(out / item.name), weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=list(ops) if ops else None)
+            elif item.is_file():
+                shutil.copyfile(item, out / item.name)
+    finally:
+        logging.getLogger().setLevel(quiet)
+    return out
+
+
+def lexicon_words(path: Union[str, Path]) -> list:
+    """Words for the edge lexicon: the ``wrd`` column of a CSV manifest, or any whitespace-separated text."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"--lexicon {path}: no such file (give a word list or a manifest CSV with a wrd column)")
+    if path.suffix == ".csv":
+        import csv
+
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "wrd" not in rows[0]:
+            raise SystemExit(f"--lexicon {path}: a CSV needs a 'wrd' column (a dld-brain manifest)")
+        return sorted({w for row in rows for w in row["wrd"].split()})
+    return sorted(set(path.read_text().split()))
+
+
 def main(argv=None) -> None:
     """CLI: ``python -m dld_brain.export --model BUNDLE --depths 2 4 6 --formats onnx torchscript``."""
     import argparse
@@ -257,6 +409,12 @@ def main(argv=None) -> None:
     parser.add_argument("--depths", type=int, nargs="+", help="depths to export (default: all)")
     parser.add_argument("--formats", nargs="+", default=["onnx"], choices=["onnx", "torchscript"])
     parser.add_argument("--out", help="output folder (default: <model>/export)")
+    parser.add_argument("--edge", help="write instead the one-artifact edge export (any depth at run time, "
+                        "audio in, words out, no torch; see dld_brain.edge) into this folder")
+    parser.add_argument("--quantize", action="store_true", help="with --edge: also write <edge>_int8 "
+                        "(int8 dynamic quantisation)")
+    parser.add_argument("--lexicon", help="with --edge: word list (text, or a manifest CSV's wrd column) "
+                        "stored for lexicon-constrained decoding")
     args = parser.parse_args(argv)
     asr = DynamicDepthASR.from_hparams(source=args.model)
     model = asr.mods.model.eval()
@@ -264,6 +422,16 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.model}: {type(model).__name__} reads raw waveforms; ONNX/TorchScript export "
                          "covers the filterbank (conformer) models only. Load the bundle with "
                          "dld_brain.inference.DynamicDepthASR instead.")
+    if args.edge:
+        words = lexicon_words(args.lexicon) if args.lexicon else None
+        sp = asr.hparams.tokenizer
+        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+        edge = export_edge(model, asr.hparams.compute_features, asr.mods.normalize, pieces, args.edge,
+                           asr.hparams.blank_index, words)
+        print(f"edge artifact ({model.encoder.num_layers} layers, any depth): {edge}")
+        if args.quantize:
+            print(f"int8: {quantize_edge(edge, Path(str(edge) + '_int8'))}")
+        return
     out = Path(args.out or Path(args.model) / "export")
     out.mkdir(parents=True, exist_ok=True)
     n_mels = model.config["n_mels"]
