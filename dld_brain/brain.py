@@ -21,7 +21,9 @@ it and never wraps it in DDP.
 
 from __future__ import annotations
 
+import csv
 import logging
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -342,6 +344,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         """Fresh metrics; the teacher is (re)asserted frozen at every stage."""
         self._loss_parts = {"ctc": 0.0, "kd": 0.0, "batches": 0}
         self._metric_key = None
+        self._stage_start = time.time()
         if stage == sb.Stage.VALID:
             self.wer_metrics = {d: ErrorRateStats() for d in self.valid_depths()}
         elif stage == sb.Stage.TEST:
@@ -367,6 +370,7 @@ class DynamicDepthCTCBrain(sb.Brain):
                 stats["nonfinite_steps"] = self.nonfinite_count
             self.askd_end_train(stats)
             self.train_stats = stats
+            self._train_cost = {"steps": self.step, "train_s": round(time.time() - self._stage_start, 3)}
             return
         wers = {d: m.summarize("error_rate") for d, m in self.wer_metrics.items()}
         if stage == sb.Stage.VALID:
@@ -378,6 +382,7 @@ class DynamicDepthCTCBrain(sb.Brain):
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
+            self.log_epoch_cost(epoch, stats)
             keep_epochs = set(self.hparams_get("keep_epochs") or [])
             self.checkpointer.save_and_keep_only(
                 meta={"WER": stats["WER"], "epoch": epoch}, min_keys=["WER"],
@@ -402,6 +407,24 @@ class DynamicDepthCTCBrain(sb.Brain):
                     beam_file = Path(self.wer_file)
                     with open(beam_file.with_name(f"{beam_file.stem}_beam{beam_file.suffix}"), "w") as handle:
                         self.wer_metrics["beam"].write_stats(handle)
+
+    def log_epoch_cost(self, epoch, stats: dict) -> None:
+        """Append the epoch's training steps, wall seconds (train, valid) and validation WERs to
+        ``<output_folder>/epoch_log.csv`` (training cost vs quality; a resumed run may repeat an epoch: the
+        last row counts)."""
+        folder = self.hparams_get("output_folder")
+        if folder is None or not sb.utils.distributed.if_main_process():
+            return
+        row = {"epoch": epoch, **getattr(self, "_train_cost", {"steps": 0, "train_s": 0.0}),
+               "valid_s": round(time.time() - self._stage_start, 3),
+               **{k: round(float(v), 4) for k, v in stats.items() if k.startswith("WER")}}
+        path = Path(folder) / "epoch_log.csv"
+        new = not path.is_file()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
 
     def askd_end_train(self, stats: dict) -> None:
         """Add the epoch's ASKD weights (means over its steps) to the training stats, then let the adaptive
