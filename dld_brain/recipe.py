@@ -17,6 +17,7 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 
 from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError, NonFiniteLossError
+from dld_brain.checkpointing import CheckpointFileError
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
 from dld_brain.export import write_inference_bundle
@@ -29,7 +30,8 @@ from dld_brain.validation import BadDataError
 logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
+USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError,
+               MethodConfigError, AudioError, CheckpointFileError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
