@@ -190,8 +190,9 @@ def fit(brain, datasets: dict, hparams: dict) -> None:
     check_averaging(hparams)
     batch = effective_batch(hparams, world_size(), getattr(brain, "grad_accumulation_factor", 1))
     brain.grad_accumulation_factor = batch["grad_accumulation"]
-    logger.info("Effective batch: %g %s of audio per optimiser step = %d process(es) x %g %s x %d "
-                "gradient-accumulation step(s)%s", batch["per_step"], batch["unit"], batch["world_size"],
+    logger.info("Effective batch: %g %s per optimiser step = %d process(es) x %g %s x %d "
+                "gradient-accumulation step(s)%s", batch["per_step"],
+                "s of audio" if batch["unit"] == "s" else batch["unit"], batch["world_size"],
                 batch["per_gpu"], batch["unit"], batch["grad_accumulation"],
                 "" if hparams.get("batch_seconds") or batch["world_size"] == 1 else
                 " (grows with the GPU count: set batch_seconds to keep the optimisation of one GPU)")
