@@ -34,7 +34,7 @@ from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.askd import AgreementRule, top1_agreement
 from dld_brain.augment import apply_augment, replicate_labels
-from dld_brain.checkpointing import RandomState
+from dld_brain.checkpointing import NonFiniteCounter, RandomState
 from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
 from dld_brain.teacher import load_teacher
@@ -88,6 +88,7 @@ class DynamicDepthCTCBrain(sb.Brain):
     def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
         check_method_config(hparams or {})
         encoder = modules["model"].encoder
+        self.nonfinite = NonFiniteCounter()
         super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
         if encoder.drop_prob > 0:
             # Skipped layers leave parameters without gradient in a step; DDP must be told (DDP wraps the
@@ -112,9 +113,23 @@ class DynamicDepthCTCBrain(sb.Brain):
                 self.checkpointer.add_recoverable("askd", self.askd)
         if self.checkpointer is not None:
             # Exact resumption: the gate sequence and the global RNGs continue where they stopped.
-            for name, obj in (("gate_sampler", encoder.gate_sampler), ("random_state", RandomState())):
+            for name, obj in (("gate_sampler", encoder.gate_sampler), ("random_state", RandomState()),
+                              ("nonfinite", self.nonfinite)):
                 if name not in self.checkpointer.recoverables:
                     self.checkpointer.add_recoverable(name, obj)
+
+    @property
+    def nonfinite_count(self) -> int:
+        """Steps skipped for a non-finite loss in the current epoch (what ``--nonfinite_patience`` bounds),
+        kept in :class:`~dld_brain.checkpointing.NonFiniteCounter` (checkpointed; ``.total`` is the run's)."""
+        return self.nonfinite.epoch
+
+    @nonfinite_count.setter
+    def nonfinite_count(self, value: int) -> None:
+        # SpeechBrain sets 0 at each epoch start; a run resumed mid-epoch (step > 0) keeps its checkpoint's count
+        if value == 0 and getattr(self, "step", 0) > 0:
+            return
+        self.nonfinite.epoch = int(value)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -368,6 +383,8 @@ class DynamicDepthCTCBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             if self.nonfinite_count:
                 stats["nonfinite_steps"] = self.nonfinite_count
+            if self.nonfinite.total:
+                stats["nonfinite_total"] = self.nonfinite.total
             self.askd_end_train(stats)
             self.train_stats = stats
             self._train_cost = {"steps": self.step, "train_s": round(time.time() - self._stage_start, 3)}
@@ -435,13 +452,29 @@ class DynamicDepthCTCBrain(sb.Brain):
 
     def check_loss_isfinite(self, loss):
         """A non-finite loss skips the step (its gradients are dropped) and is counted; past
-        ``--nonfinite_patience`` such steps training stops with :class:`NonFiniteLossError`."""
-        if torch.isfinite(loss):
+        ``--nonfinite_patience`` such steps in one epoch (the count survives a mid-epoch resume; the run's
+        total is logged as ``nonfinite_total``) training stops with :class:`NonFiniteLossError`.
+
+        Under DDP the decision is collective: a flag is all-reduced (max) before ``backward()``, so when any
+        rank's loss is non-finite EVERY rank skips the step. (DDP averages gradients in ``backward()``: one
+        rank's NaN reaches all ranks, and a rank deciding alone would step with NaN while the others skip.)
+        All ranks therefore also count, and stop, together."""
+        local_bad = not bool(torch.isfinite(loss))
+        bad = local_bad
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1.0 if local_bad else 0.0], device=loss.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = bool(flag.item() > 0)
+        if not bad:
             return
         self._skip_step = True
-        self.nonfinite_count += 1
-        logger.warning("Non-finite loss at epoch %s step %d: step skipped (%d so far, patience %d)",
-                       self.hparams.epoch_counter.current, self.step, self.nonfinite_count,
+        self.nonfinite.epoch += 1
+        self.nonfinite.total += 1
+        where = ""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            where = " (on this rank)" if local_bad else " (on another rank)"
+        logger.warning("Non-finite loss at epoch %s step %d: step skipped%s (%d so far, patience %d)",
+                       self.hparams.epoch_counter.current, self.step, where, self.nonfinite_count,
                        self.nonfinite_patience)
         if self.nonfinite_count > self.nonfinite_patience:
             raise NonFiniteLossError(

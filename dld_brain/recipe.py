@@ -17,6 +17,7 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 
 from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError, NonFiniteLossError
+from dld_brain.checkpointing import CheckpointFileError
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
 from dld_brain.decoding import DecoderConfigError, build_decoder
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
 USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError,
-               MethodConfigError, AudioError, UntrustedFileError, DecoderConfigError)
+               MethodConfigError, AudioError, UntrustedFileError, DecoderConfigError, CheckpointFileError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
@@ -192,8 +193,9 @@ def fit(brain, datasets: dict, hparams: dict) -> None:
     check_averaging(hparams)
     batch = effective_batch(hparams, world_size(), getattr(brain, "grad_accumulation_factor", 1))
     brain.grad_accumulation_factor = batch["grad_accumulation"]
-    logger.info("Effective batch: %g %s of audio per optimiser step = %d process(es) x %g %s x %d "
-                "gradient-accumulation step(s)%s", batch["per_step"], batch["unit"], batch["world_size"],
+    logger.info("Effective batch: %g %s per optimiser step = %d process(es) x %g %s x %d "
+                "gradient-accumulation step(s)%s", batch["per_step"],
+                "s of audio" if batch["unit"] == "s" else batch["unit"], batch["world_size"],
                 batch["per_gpu"], batch["unit"], batch["grad_accumulation"],
                 "" if hparams.get("batch_seconds") or batch["world_size"] == 1 else
                 " (grows with the GPU count: set batch_seconds to keep the optimisation of one GPU)")

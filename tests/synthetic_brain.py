@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import speechbrain as sb
 import torch
 
@@ -75,6 +77,11 @@ def record_batches(brain) -> list:
     return seen
 
 
+def draws() -> list:
+    """One number from each global generator (Python, NumPy, torch)."""
+    return [random.random(), float(np.random.rand()), float(torch.rand(1))]
+
+
 def ddp_worker(rank: int, world: int, port: int, out: str, fault: str, changes: dict) -> None:
     """One rank of a 2-process gloo run: train the tiny brain, write its final weights, its batches and
     its skipped-step count to ``out/rank<r>.*``."""
@@ -91,6 +98,14 @@ def ddp_worker(rank: int, world: int, port: int, out: str, fault: str, changes: 
     data = synthetic_set(16)
     fit(brain, {"train": data, "valid": None}, hparams)
     torch.save({k: v.detach().clone() for k, v in brain.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+    # per-rank random states through a checkpoint: give each rank its own state, save, draw, load, draw again
+    torch.manual_seed(100 + rank)
+    random.seed(100 + rank)
+    np.random.seed(100 + rank)
+    brain.checkpointer.save_checkpoint(meta={"probe": 1})
+    torch.distributed.barrier()
+    before = draws()
+    brain.checkpointer.load_checkpoint(brain.checkpointer.find_checkpoint(ckpt_predicate=lambda c: "probe" in c.meta))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(
-        {"batches": seen, "skipped": brain.nonfinite.total}))
+        {"batches": seen, "skipped": brain.nonfinite.total, "draws_saved": before, "draws_loaded": draws()}))
     torch.distributed.destroy_process_group()

@@ -89,7 +89,8 @@ def test_finetuning_yamls_resolve_to_their_own_schedule(corpus):
 def test_effective_batch_is_the_same_on_1_4_8_gpus():
     from dld_brain.recipe import effective_batch
 
-    hparams = {"dynamic_batching": True, "batch_seconds": 2400, "dynamic_batch_sampler_train": {"max_batch_length": 600}}
+    hparams = {"dynamic_batching": True, "batch_seconds": 2400,
+               "dynamic_batch_sampler_train": {"max_batch_length": 600}}
     got = {w: effective_batch(hparams, w) for w in (1, 4, 8)}
     assert {w: b["per_step"] for w, b in got.items()} == {1: 2400, 4: 2400, 8: 2400}
     assert [(got[w]["per_gpu"], got[w]["grad_accumulation"]) for w in (1, 4, 8)] == [(600, 4), (600, 1), (300, 1)]
