@@ -70,9 +70,9 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
     """Build {"train", "valid", <test names>} datasets with ``sig`` and ``tokens`` items.
 
     Reads ``train_csv``, ``valid_csv`` and ``test_csvs`` ({name: path}), ``$data_root`` in their paths
-    replaced by ``data_folder`` (or ``data_roots[name]``), as ``DynamicItemDataset.from_csv`` does. Audio checks (``check_audio``,
-    ``min_duration_s``) run once per manifest on the main process and are cached beside it
-    (:func:`dld_brain.validation.cached_audio_problems`). Training and validation rows with bad audio or
+    replaced by ``data_folder`` (or ``data_roots[name]``), as ``DynamicItemDataset.from_csv`` does. Audio
+    checks (``check_audio``, ``min_duration_s``) run once per manifest on the main process and are cached
+    beside it (:func:`dld_brain.validation.cached_audio_problems`). Training and validation rows with bad audio or
     text follow ``on_bad_data``; test rows are never dropped (:func:`dld_brain.validation.split_test_rows`):
     references with units the tokenizer lacks are scored (their words count as errors) and rows whose audio
     cannot be read are scored as empty hypotheses; both are counted, logged and attached to the dataset

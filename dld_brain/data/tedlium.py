@@ -7,8 +7,9 @@ The .sph files are NIST SPHERE, 16 kHz 16-bit PCM, read by soundfile (libsndfile
 ``AaronHuey_2010X 1 AaronHuey_2010X 8.99 19.91 <o,f0,male> i 'm going to ...``; ``;;`` lines are comments.
 
 Manifests have the columns ``ID, duration, wav, start, stop, spk_id, wrd``: ``wav`` is the talk's .sph
-file (``$data_root/...``, relative to ``data_folder``) and ``start``/``stop`` are sample indices (file rate) of the segment, so the training code reads
-``{"file": wav, "start": start, "stop": stop}`` and no audio is copied. ``ID`` is
+file (``$data_root/...``, relative to ``data_folder``) and ``start``/``stop`` are sample indices (file
+rate) of the segment, so the training code reads ``{"file": wav, "start": start, "stop": stop}`` and no
+audio is copied. ``ID`` is
 ``<talk>-<start cs>-<end cs>`` (times in centiseconds, 7 digits, Kaldi's convention); ``wrd`` is
 :func:`dld_brain.data.text.normalize_tedlium` of the text.
 
