@@ -42,6 +42,8 @@ from typing import Iterator, Optional, Sequence
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
+from dld_brain.safe_files import load_torch_file
+
 SCHEDULE_KINDS = ("constant", "linear", "cosine", "step")
 SCHEDULE_UNITS = ("epoch", "step")
 SELF_SOURCES = ("ema", "full_depth")
@@ -309,7 +311,7 @@ class ASKD:
     @mark_as_loader
     def _load(self, path, end_of_epoch=False) -> None:
         del end_of_epoch
-        saved = torch.load(path, map_location="cpu")
+        saved = load_torch_file(path)
         self.step = int(saved["step"])
         if self.adaptive is not None and saved["adaptive"] is not None:
             self.adaptive.load_state_dict(saved["adaptive"])

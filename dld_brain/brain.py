@@ -21,7 +21,9 @@ it and never wraps it in DDP.
 
 from __future__ import annotations
 
+import csv
 import logging
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,6 +33,7 @@ from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.askd import AgreementRule, top1_agreement
+from dld_brain.augment import apply_augment, replicate_labels
 from dld_brain.checkpointing import RandomState
 from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
@@ -51,6 +54,11 @@ class MethodConfigError(ValueError):
     """Inconsistent method hyperparameters (e.g. KD without a teacher); the message names the keys."""
 
 
+#: Values of ``kd_teacher_input``: which features the KD targets are computed from (see
+#: :meth:`DynamicDepthCTCBrain.compute_student_teacher_features`).
+KD_TEACHER_INPUTS = ("augmented", "clean")
+
+
 def check_method_config(hparams: dict) -> None:
     """Reject hyperparameter combinations that would silently train something else than intended."""
     kd = float(hparams.get("kd_weight", 0.0) or 0.0)
@@ -61,6 +69,9 @@ def check_method_config(hparams: dict) -> None:
         raise MethodConfigError("kd_weight > 0 (DLD) needs teacher_checkpoint: the teacher run's output folder")
     if hparams.get("init_from_teacher") and not teacher:
         raise MethodConfigError("init_from_teacher: True needs teacher_checkpoint: the teacher run's output folder")
+    source = hparams.get("kd_teacher_input", "augmented")
+    if source not in KD_TEACHER_INPUTS:
+        raise MethodConfigError(f"kd_teacher_input must be one of {', '.join(KD_TEACHER_INPUTS)}, got {source!r}")
 
 
 class DynamicDepthCTCBrain(sb.Brain):
@@ -68,7 +79,8 @@ class DynamicDepthCTCBrain(sb.Brain):
 
     Expects in ``modules``: ``model`` (e.g. :class:`dld_brain.lobes.ConformerCTC`) and ``normalize``
     (feature normalisation); in ``hparams``: ``compute_features``, ``ctc_cost``, ``blank_index``,
-    ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (list),
+    ``epoch_counter``, ``train_logger``, ``tokenizer``; optional ``wav_augment``, ``spec_augment`` (SpeechBrain Augmenters, modules or lists:
+    see :mod:`dld_brain.augment`),
     ``lr_annealing``, ``valid_depths``, ``kd_weight``, ``kd_temperature``, ``kd_normalisation``,
     ``teacher_checkpoint``, ``init_from_teacher``, ``askd`` (:class:`dld_brain.askd.ASKD`).
     """
@@ -86,6 +98,8 @@ class DynamicDepthCTCBrain(sb.Brain):
         self.kd_weight = float(self.hparams_get("kd_weight", 0.0) or 0.0)
         self.wer_file: Optional[Path] = None
         self.test_stats: dict = {}
+        #: a dld_brain.decoding.CTCDecoder: at test, also scored (``WER_beam``, ``<wer_file>`` with ``_beam``)
+        self.beam_decoder = None
         if self.hparams_get("teacher_checkpoint") and not self.hparams_get("skip_training", False):
             self._setup_teacher(self.hparams_get("teacher_checkpoint"))
         self.askd = self.hparams_get("askd")
@@ -112,6 +126,20 @@ class DynamicDepthCTCBrain(sb.Brain):
         """A hyperparameter or ``default`` when the YAML does not define it."""
         return getattr(self.hparams, key, default)
 
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's, plus: a training sampler we built (e.g. the duration-bucketing
+        ``DynamicBatchSampler`` of ``dynamic_batching: True``) becomes ``self.train_sampler`` when SpeechBrain
+        left it unset (one process; under DDP it is SpeechBrain's wrapper around ours). SpeechBrain calls
+        ``set_epoch(epoch)`` only on ``train_sampler``: without this every epoch saw the same batches. With
+        it each epoch gets a new batch order that depends only on (seed, epoch), so a run resumed mid-epoch
+        skips into exactly the batches the uninterrupted run saw."""
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN and self.train_sampler is None:
+            sampler = loader_kwargs.get("batch_sampler") or loader_kwargs.get("sampler")
+            if hasattr(sampler, "set_epoch"):
+                self.train_sampler = sampler
+        return loader
+
     # ----------------------------------------------------------------- teacher
     def _setup_teacher(self, checkpoint) -> None:
         """Load the frozen teacher; initialise the student from it when asked (before any resume)."""
@@ -132,30 +160,76 @@ class DynamicDepthCTCBrain(sb.Brain):
     # ----------------------------------------------------------------- forward / loss
     def compute_features(self, batch, stage):
         """Waveforms -> normalised (and in training, augmented) filterbanks; returns (feats, wav_lens)."""
-        wavs, wav_lens = batch.sig
-        augment_wav = self.hparams_get("wav_augment")
-        if stage == sb.Stage.TRAIN and augment_wav is not None:
-            wavs = augment_wav(wavs)
-        feats = self.hparams.compute_features(wavs)
-        feats = self.modules.normalize(feats, wav_lens, epoch=self.hparams.epoch_counter.current)
-        if stage == sb.Stage.TRAIN:
-            for augment in self.hparams_get("spec_augment") or []:
-                feats = augment(feats)
+        feats, _, wav_lens = self.compute_student_teacher_features(batch, stage)
         return feats, wav_lens
 
+    def compute_student_teacher_features(self, batch, stage):
+        """(student feats, KD-target feats, wav_lens) from one feature pass.
+
+        The student's features are the normalised filterbanks of the waveform, in training after
+        ``wav_augment`` (on the waveform) and ``spec_augment`` (masks on the features). The features the
+        KD targets (the teacher's, and ASKD's self-KD targets) are computed from follow ``kd_teacher_input``:
+
+        - ``augmented`` (default): exactly the student's features, masks included;
+        - ``clean``: the same features *before* ``spec_augment``, i.e. without the SpecAugment masks. The
+          waveform augmentation is kept: it is applied once, before the features, and the teacher sees the
+          same (e.g. speed-perturbed) utterance as the student, so that its frames stay aligned with the
+          student's frames, which the frame-level CTC KL needs. "Clean" therefore means "unmasked", not
+          "un-perturbed"; no second data load and no second filterbank or normalisation pass (which would
+          also update the normaliser's running statistics twice) is made, only a copy of the features
+          taken before the masks (SpeechBrain's masks write in place).
+
+        Models without SpecAugment on features (the WavLM recipes: ``spec_augment: []``, WavLM masks its latent
+        frames inside the student's forward, and the frozen teacher runs in eval mode, unmasked) get the same
+        targets either way. Outside training, or when no KD target is computed, both are the same tensor.
+        """
+        wavs, wav_lens = batch.sig
+        if stage == sb.Stage.TRAIN:  # an Augmenter may replicate the batch: see replicate_labels
+            wavs, wav_lens = apply_augment(self.hparams_get("wav_augment"), wavs, wav_lens)
+        feats = self.hparams.compute_features(wavs)
+        feats = self.modules.normalize(feats, wav_lens, epoch=self.hparams.epoch_counter.current)
+        clean = None
+        if stage == sb.Stage.TRAIN:
+            augments = self.hparams_get("spec_augment")
+            if augments and self.kd_teacher_input == "clean" and self.computes_kd_targets():
+                clean = feats.clone()
+            feats, wav_lens = apply_augment(augments, feats, wav_lens)
+            if clean is not None and clean.shape[0] != feats.shape[0]:  # an Augmenter replicated the batch
+                clean = replicate_labels((augments,), clean)
+        return feats, feats if clean is None else clean, wav_lens
+
+    @property
+    def kd_teacher_input(self) -> str:
+        """``augmented`` or ``clean``: the features KD targets are computed from (see
+        :meth:`compute_student_teacher_features`)."""
+        return self.hparams_get("kd_teacher_input", "augmented") or "augmented"
+
+    def computes_kd_targets(self) -> bool:
+        """Whether training steps run the teacher or the ASKD self-KD source (which need their input)."""
+        return self.teacher is not None or self.askd is not None
+
+    def replicate_labels(self, labels: torch.Tensor, stage) -> torch.Tensor:
+        """Labels of a training batch replicated as its Augmenters replicated the audio (SpeechBrain's
+        ``wav_augment.replicate_labels``); unchanged outside training."""
+        if stage != sb.Stage.TRAIN:
+            return labels
+        return replicate_labels((self.hparams_get("wav_augment"), self.hparams_get("spec_augment")), labels)
+
     def compute_forward(self, batch, stage):
-        """Student CTC log-posteriors, and in DLD training the frozen teacher's on the same features
-        (with ASKD also the self-KD targets, as a 4th element)."""
+        """Student CTC log-posteriors, and in DLD training the frozen teacher's (on the student's features, or
+        with ``kd_teacher_input: clean`` on them before SpecAugment), with ASKD also the self-KD targets, as a
+        4th element."""
         batch = batch.to(self.device)
-        feats, wav_lens = self.compute_features(batch, stage)
+        feats, target_feats, wav_lens = self.compute_student_teacher_features(batch, stage)
         log_probs = self.modules.model(feats, wav_lens)
-        teacher_log_probs, self_log_probs = self.distillation_targets(feats, wav_lens, stage)
+        teacher_log_probs, self_log_probs = self.distillation_targets(target_feats, wav_lens, stage)
         if self.askd is None:
             return log_probs, wav_lens, teacher_log_probs
         return log_probs, wav_lens, teacher_log_probs, self_log_probs
 
     def distillation_targets(self, feats, wav_lens, stage):
-        """(teacher, self-KD) output on ``feats`` for this training batch, None when unused; both without
+        """(teacher, self-KD) output on ``feats`` (the KD-target features of
+        :meth:`compute_student_teacher_features`) for this training batch, None when unused; both without
         gradient. Sets the batch's ASKD weights (teacher multiplier, self weight) in ``self._askd_w``."""
         if stage != sb.Stage.TRAIN:
             return None, None
@@ -186,6 +260,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         log_probs, wav_lens, teacher_log_probs, *rest = predictions
         self_log_probs = rest[0] if rest else None
         tokens, tokens_lens = batch.tokens
+        tokens, tokens_lens = self.replicate_labels(tokens, stage), self.replicate_labels(tokens_lens, stage)
         loss = self.hparams.ctc_cost(log_probs, tokens, wav_lens, tokens_lens)
         self._loss_parts["ctc"] += float(loss.detach())
         if teacher_log_probs is not None:
@@ -208,6 +283,9 @@ class DynamicDepthCTCBrain(sb.Brain):
             words = [self.tokenizer_decode(h).split() for h in hyps]
             targets = [w.split() for w in batch.wrd]
             self.wer_metrics[self._metric_key].append(batch.id, words, targets)
+            if stage == sb.Stage.TEST and self.beam_decoder is not None:
+                beam_words = [w.split() for w in self.beam_decoder.decode(log_probs, wav_lens)[0]]
+                self.wer_metrics["beam"].append(batch.id, beam_words, targets)
         return loss
 
     def add_teacher_term(self, loss: torch.Tensor, loss_kd: torch.Tensor, agreement) -> torch.Tensor:
@@ -266,10 +344,13 @@ class DynamicDepthCTCBrain(sb.Brain):
         """Fresh metrics; the teacher is (re)asserted frozen at every stage."""
         self._loss_parts = {"ctc": 0.0, "kd": 0.0, "batches": 0}
         self._metric_key = None
+        self._stage_start = time.time()
         if stage == sb.Stage.VALID:
             self.wer_metrics = {d: ErrorRateStats() for d in self.valid_depths()}
         elif stage == sb.Stage.TEST:
             self.wer_metrics = {None: ErrorRateStats()}
+            if self.beam_decoder is not None:
+                self.wer_metrics["beam"] = ErrorRateStats()
         if self.teacher is not None:
             for module in self.teacher.values():
                 module.eval()
@@ -289,6 +370,7 @@ class DynamicDepthCTCBrain(sb.Brain):
                 stats["nonfinite_steps"] = self.nonfinite_count
             self.askd_end_train(stats)
             self.train_stats = stats
+            self._train_cost = {"steps": self.step, "train_s": round(time.time() - self._stage_start, 3)}
             return
         wers = {d: m.summarize("error_rate") for d, m in self.wer_metrics.items()}
         if stage == sb.Stage.VALID:
@@ -300,6 +382,7 @@ class DynamicDepthCTCBrain(sb.Brain):
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
+            self.log_epoch_cost(epoch, stats)
             keep_epochs = set(self.hparams_get("keep_epochs") or [])
             self.checkpointer.save_and_keep_only(
                 meta={"WER": stats["WER"], "epoch": epoch}, min_keys=["WER"],
@@ -307,10 +390,13 @@ class DynamicDepthCTCBrain(sb.Brain):
                 ckpt_predicate=lambda c: c.meta.get("epoch") not in keep_epochs)
         elif stage == sb.Stage.TEST:
             if getattr(self, "_unreadable_refs", None) and sb.utils.distributed.if_main_process():
-                for utt, words, _ in self._unreadable_refs:  # every reference word is a deletion
-                    self.wer_metrics[None].append([utt], [[]], [words.split()])
-                wers[None] = self.wer_metrics[None].summarize("error_rate")
+                for key, metric in self.wer_metrics.items():  # greedy, and beam when scored
+                    for utt, words, _ in self._unreadable_refs:  # every reference word is a deletion
+                        metric.append([utt], [[]], [words.split()])
+                    wers[key] = metric.summarize("error_rate")
             stats["WER"] = wers[None]
+            if "beam" in wers:
+                stats["WER_beam"] = wers["beam"]
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
@@ -318,6 +404,28 @@ class DynamicDepthCTCBrain(sb.Brain):
                 Path(self.wer_file).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.wer_file, "w") as handle:
                     self.wer_metrics[None].write_stats(handle)
+                if "beam" in self.wer_metrics:
+                    beam_file = Path(self.wer_file)
+                    with open(beam_file.with_name(f"{beam_file.stem}_beam{beam_file.suffix}"), "w") as handle:
+                        self.wer_metrics["beam"].write_stats(handle)
+
+    def log_epoch_cost(self, epoch, stats: dict) -> None:
+        """Append the epoch's training steps, wall seconds (train, valid) and validation WERs to
+        ``<output_folder>/epoch_log.csv`` (training cost vs quality; a resumed run may repeat an epoch: the
+        last row counts)."""
+        folder = self.hparams_get("output_folder")
+        if folder is None or not sb.utils.distributed.if_main_process():
+            return
+        row = {"epoch": epoch, **getattr(self, "_train_cost", {"steps": 0, "train_s": 0.0}),
+               "valid_s": round(time.time() - self._stage_start, 3),
+               **{k: round(float(v), 4) for k, v in stats.items() if k.startswith("WER")}}
+        path = Path(folder) / "epoch_log.csv"
+        new = not path.is_file()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
 
     def askd_end_train(self, stats: dict) -> None:
         """Add the epoch's ASKD weights (means over its steps) to the training stats, then let the adaptive
@@ -342,15 +450,24 @@ class DynamicDepthCTCBrain(sb.Brain):
                 "training stopped. The last checkpoint is intact: lower lr, check the data (see "
                 "skipped_<set>.txt), or train in float32 (--precision=fp32), then rerun to resume.")
 
+    def lr_schedules(self) -> list:
+        """(scheduler, optimizer) pairs advanced once per optimiser step: ``lr_annealing`` on ``optimizer``."""
+        annealing = self.hparams_get("lr_annealing")
+        return [(annealing, self.optimizer)] if annealing is not None else []
+
     def optimizers_step(self):
-        """SpeechBrain's step, except after a non-finite loss: then the gradients are dropped and the
-        parameters, optimiser state and learning-rate schedule are left untouched."""
+        """SpeechBrain's step with the learning-rate schedule applied BEFORE it (so optimiser step k uses the
+        schedule's value for step k: warm-up starts at ``lr / warmup_steps``, not at the peak), except after a
+        non-finite loss: then the gradients are dropped and the parameters, optimiser state and schedule
+        are left untouched."""
         if getattr(self, "_skip_step", False):
             self._skip_step = False
             self._skipped_step = True
             for param in self.modules.parameters():
                 param.grad = None
             return
+        for scheduler, optimizer in self.lr_schedules():
+            scheduler(optimizer)
         super().optimizers_step()
 
     def on_evaluate_start(self, max_key=None, min_key=None):
@@ -374,6 +491,11 @@ class DynamicDepthCTCBrain(sb.Brain):
         if not ckpts:
             raise EvaluationError(f"no trained checkpoint in {self.checkpointer.checkpoints_dir}: train the "
                                   "model first (skip_training: False) or point save_folder at a trained run")
+        if not epoch and len(ckpts) < avg:
+            raise EvaluationError(
+                f"avg_checkpoints: {avg} but only {len(ckpts)} checkpoint(s) kept in "
+                f"{self.checkpointer.checkpoints_dir}: train with --ckpts_to_keep={avg} (or more), or ask for "
+                f"--avg_checkpoints={len(ckpts)}")
         self.checkpointer.load_checkpoint(ckpts[0])
         if len(ckpts) > 1:
             averaged = sb.utils.checkpoints.average_checkpoints(ckpts, "model")
@@ -381,12 +503,10 @@ class DynamicDepthCTCBrain(sb.Brain):
             logger.info("Evaluating the average of %d checkpoints: %s", len(ckpts), [c.path.name for c in ckpts])
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Step the per-batch learning-rate schedule, if the YAML defines ``lr_annealing``."""
-        annealing = self.hparams_get("lr_annealing")
+        """After an optimiser step (not a skipped one): the ASKD EMA update; then the fault-injection hook.
+        (The learning-rate schedule is applied before each step, in :meth:`optimizers_step`.)"""
         skipped = getattr(self, "_skipped_step", False)
         self._skipped_step = False
-        if should_step and annealing is not None and not skipped:
-            annealing(self.optimizer)
         if should_step and self.askd is not None and not skipped:
             self.askd.after_batch(self.model)
         maybe_kill("after_step", self.step)

@@ -7,10 +7,82 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from dld_brain.report import write_comparison
+
+
+@dataclass
+class Job:
+    """One command to run: ``name`` (unique, for messages and ``after``), the command line, the log file it
+    writes (None = this terminal) and the names of jobs that must have finished before it starts."""
+
+    name: str
+    cmd: Sequence[str]
+    log: Optional[Path] = None
+    after: Sequence[str] = field(default_factory=tuple)
+
+
+def run_jobs(job_list: Sequence[Job], jobs: int = 1, on_done: Optional[Callable[[Job, float], None]] = None,
+             fail_fast: bool = True) -> dict[str, float]:
+    """Run the commands, at most ``jobs`` at a time, each as soon as a slot is free and the jobs it needs
+    (``after``) have finished, in list order otherwise; ``on_done(job, seconds)`` is called after each
+    success. Returns the wall seconds of each job that ran.
+
+    A failure stops new starts (``fail_fast``) or only the jobs that need the failed one; after the running
+    ones have finished the process exits with a message naming the failed jobs.
+    """
+    names = [job.name for job in job_list]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique: {names}")
+    unknown = sorted({need for job in job_list for need in job.after if need not in names})
+    if unknown:
+        raise ValueError(f"jobs wait for unknown jobs {unknown}")
+    start = time.time()
+    seconds: dict[str, float] = {}
+    pending, running, failed = list(job_list), [], []
+    done: set[str] = set()
+    count = 0
+    while pending or running:
+        blocked = {job.name for job in pending if any(need in failed for need in job.after)}
+        pending = [job for job in pending if job.name not in blocked]
+        failed += sorted(blocked)
+        ready = [job for job in pending if all(need in done for need in job.after)]
+        while ready and len(running) < max(int(jobs), 1) and not (failed and fail_fast):
+            job = ready.pop(0)
+            pending.remove(job)
+            count += 1
+            print(f"\n=== [{count}/{len(job_list)}] {job.name} ({time.time() - start:.0f} s elapsed) ===",
+                  flush=True)
+            log = None
+            if job.log is not None:
+                Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+                log = open(job.log, "w")
+            proc = subprocess.Popen(list(job.cmd), stdout=log, stderr=subprocess.STDOUT if log else None)
+            running.append((job, proc, time.time(), log))
+        if not running:
+            break  # nothing can start: the rest waits for failed jobs
+        time.sleep(0.05)
+        for entry in [r for r in running if r[1].poll() is not None]:
+            job, proc, t0, log = entry
+            running.remove(entry)
+            seconds[job.name] = time.time() - t0
+            if log is not None:
+                log.close()
+            if proc.returncode != 0:
+                where = f" (log: {job.log})" if job.log else ""
+                print(f"{job.name} failed (exit {proc.returncode}){where}", flush=True)
+                failed.append(job.name)
+            else:
+                done.add(job.name)
+                if on_done is not None:
+                    on_done(job, seconds[job.name])
+    if failed:
+        sys.exit(f"{', '.join(failed)} failed or could not run; fix it and rerun: finished runs are reused and "
+                 "unfinished ones resume from their checkpoints")
+    return seconds
 
 
 def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequence[str], experiment_root: str,
@@ -21,7 +93,6 @@ def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequ
     method to those it needs finished first (e.g. ``{"dld": ["teacher"]}``: DLD reads the teacher's
     checkpoint); methods in ``skip_done`` whose depth sweep already exists are reused. Returns the wall
     seconds of each run (0 when reused); exits with a message naming the method when a run fails."""
-    start = time.time()
     seconds: dict[str, float] = {}
     todo = []
     for method in methods:
@@ -30,38 +101,13 @@ def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequ
             seconds[method] = 0.0
         else:
             todo.append(method)
-    running: list = []
     after = after or {}
-
-    def wait_one(index: int = 0) -> None:
-        method, proc, t0, log = running.pop(index)
-        code = proc.wait()
-        seconds[method] = time.time() - t0
-        if log is not None:
-            log.close()
-        if code != 0:
-            for _, other, _, _ in running:
-                other.wait()
-            sys.exit(f"{method} failed (exit {code}); fix it and rerun: finished runs resume from their checkpoints")
-
-    for i, method in enumerate(todo, 1):
-        for needed in after.get(method, ()):  # its inputs must be complete before it starts
-            names = [r[0] for r in running]
-            if needed in names:
-                wait_one(names.index(needed))
-        while len(running) >= max(int(jobs), 1):
-            wait_one()
-        print(f"\n=== [{i}/{len(todo)}] {method} ({time.time() - start:.0f} s elapsed) ===", flush=True)
-        cmd = [sys.executable, str(train_script), str(Path(hparams_dir) / f"{method}.yaml"),
-               f"--experiment_root={experiment_root}", *extra]
-        log = None
-        if jobs > 1:
-            Path(experiment_root).mkdir(parents=True, exist_ok=True)
-            log = open(Path(experiment_root) / f"{method}.log", "w")
-        running.append((method, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None),
-                        time.time(), log))
-    while running:
-        wait_one()
+    job_list = [Job(method, [sys.executable, str(train_script), str(Path(hparams_dir) / f"{method}.yaml"),
+                             f"--experiment_root={experiment_root}", *extra],
+                    log=Path(experiment_root) / f"{method}.log" if jobs > 1 else None,
+                    after=[m for m in after.get(method, ()) if m in todo])
+                for method in todo]
+    seconds.update(run_jobs(job_list, jobs))
     return seconds
 
 

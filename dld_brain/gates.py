@@ -18,6 +18,8 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from dld_brain.safe_files import load_torch_file
+
 #: Inference policies understood by :func:`select_layers`.
 DEPTH_POLICIES = ("even", "first", "last")
 
@@ -111,7 +113,7 @@ class LayerDropSampler:
     @mark_as_loader
     def _load(self, path, end_of_epoch=False):
         del end_of_epoch
-        saved = torch.load(path)
+        saved = load_torch_file(path)
         self.generator.set_state(saved["state"])
         self.draws = saved["draws"]
 

@@ -3,12 +3,17 @@
 
 >>> asr = DynamicDepthASR.from_hparams(source="results/fsdd/dld/inference")  # doctest: +SKIP
 >>> asr.transcribe_file("digits.wav", depth=3)                              # doctest: +SKIP
+>>> words, tokens = asr.transcribe_batch(wavs, wav_lens, depth=2)  # as EncoderASR  # doctest: +SKIP
+>>> asr.set_decoder(beam_size=20, lexicon="digits.lex")  # see dld_brain.decoding  # doctest: +SKIP
 >>> asr.profile()                      # measure latency per depth once     # doctest: +SKIP
 >>> asr.transcribe_file("digits.wav", max_latency_ms=20)                    # doctest: +SKIP
 >>> slu = DynamicDepthClassifier.from_hparams(source="results/speech_to_intent/dld/inference")  # doctest: +SKIP
 >>> slu.classify_file("order.flac", depth=2)       # -> ("latte", 0.93)     # doctest: +SKIP
 
-Any sample rate is resampled, stereo is averaged; unreadable, too short or silent audio raises
+A bundle is also a stock SpeechBrain model: ``speechbrain.inference.ASR.EncoderASR.from_hparams(source=...)``
+loads it and transcribes at full depth with the bundle's decoder (same words as :class:`DynamicDepthASR`,
+which adds depth and budget). Audio goes through SpeechBrain's ``AudioNormalizer`` (any sample rate is
+resampled, stereo is averaged); unreadable, too short or silent audio raises
 :class:`InferenceInputError` naming the file.
 """
 
@@ -20,20 +25,25 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import speechbrain as sb
 import torch
+from speechbrain.dataio.preprocess import AudioNormalizer
 from speechbrain.inference.interfaces import Pretrained
 
-from dld_brain.dataio import AudioError, load_audio
+from dld_brain.decoding import CTCDecoder
 from dld_brain.export import INFERENCE_YAML
 from dld_brain.gates import DepthError, select_layers
 from dld_brain.lobes.conformer import executed_parameters
+from dld_brain.safe_files import UntrustedFileError, check_bundle_yaml, name_untrusted_file, weights_only_loading
 
 PROFILE_FILE = "depth_profile.json"
 
 
 class InferenceInputError(ValueError):
     """Audio that cannot be transcribed; the message names the file and why."""
+
+
+class UntrustedBundleError(InferenceInputError, UntrustedFileError):
+    """A bundle file holding more than tensors and plain types (it is not loaded); the message names it."""
 
 
 class BudgetError(ValueError):
@@ -50,19 +60,45 @@ class DynamicDepthModel(Pretrained):
     silence_peak = 1e-4
 
     @classmethod
-    def from_hparams(cls, source, hparams_file: str = INFERENCE_YAML, savedir=None, **kwargs):
-        """Load a bundle folder (see dld_brain.export); a local ``source`` is used in place."""
+    def from_hparams(cls, source, hparams_file: str = INFERENCE_YAML, savedir=None, trust_yaml: bool = False,
+                     **kwargs):
+        """Load a bundle folder (see dld_brain.export); a local ``source`` is used in place. Its YAML may build
+        only what dld_brain bundles use (:func:`dld_brain.safe_files.check_bundle_yaml`) unless ``trust_yaml``,
+        and its files are read without unpickling anything but tensors and plain types."""
         if savedir is None and Path(source).is_dir():
             savedir = source
-        asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir, **kwargs)
+        if not trust_yaml:
+            try:
+                check_bundle_yaml(cls._fetch_yaml(source, hparams_file, savedir))
+            except UntrustedFileError as err:
+                raise UntrustedBundleError(str(err)) from err
+        try:
+            with weights_only_loading():  # no file of the bundle is unpickled beyond tensors and plain types
+                asr = super().from_hparams(source=str(source), hparams_file=hparams_file, savedir=savedir,
+                                           **kwargs)
+        except UntrustedFileError as err:
+            raise UntrustedBundleError(f"{source}: {name_untrusted_file(source, err)}") from err
         asr.source_dir = Path(savedir) if savedir is not None else None
         asr.mods.eval()
         return asr
+
+    @staticmethod
+    def _fetch_yaml(source, hparams_file: str, savedir) -> Path:
+        """The bundle's YAML file on this machine (fetched as SpeechBrain fetches it, for a remote source)."""
+        local = Path(str(source)) / hparams_file
+        if local.is_file():
+            return local
+        from speechbrain.utils.fetching import fetch
+
+        return Path(fetch(filename=hparams_file, source=source, savedir=savedir, save_filename=None))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.source_dir: Optional[Path] = None
         self._profile: Optional[dict] = None
+        if getattr(self.audio_normalizer, "sample_rate", None) != self.hparams.sample_rate:
+            # bundles written before the normaliser was part of them: SpeechBrain's default is 16 kHz
+            self.audio_normalizer = AudioNormalizer(sample_rate=self.hparams.sample_rate)
 
     # --------------------------------------------------------------- depth
     @property
@@ -146,11 +182,17 @@ class DynamicDepthModel(Pretrained):
             return self.mods.model(self._features(wavs, wav_lens), wav_lens, layers=run)
 
     def read_audio(self, path: Union[str, Path]) -> torch.Tensor:
-        """Mono waveform at the model's rate; InferenceInputError for unreadable, too short or silent audio."""
+        """Mono waveform at the model's rate (SpeechBrain's ``AudioNormalizer``: resampling, stereo averaged);
+        InferenceInputError for unreadable, too short or silent audio."""
+        import soundfile
+
         try:
-            sig = load_audio(str(path), self.hparams.sample_rate)
-        except AudioError as err:
-            raise InferenceInputError(str(err)) from err
+            data, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+        except Exception as err:
+            raise InferenceInputError(f"cannot read audio {path}: {err}") from err
+        if data.size == 0:
+            raise InferenceInputError(f"audio {path} is empty (0 samples)")
+        sig = self.audio_normalizer(torch.from_numpy(data), rate)
         seconds = sig.numel() / self.hparams.sample_rate
         if seconds < self.min_seconds:
             raise InferenceInputError(f"{path} is too short to transcribe ({seconds:.3f} s < {self.min_seconds} s)")
@@ -169,33 +211,80 @@ class DynamicDepthModel(Pretrained):
             yield batch, torch.tensor([s.numel() / longest for s in sigs])
 
 
+class WaveformCTC(torch.nn.Module):
+    """Waveforms -> CTC log-probabilities (features, normalisation, model): the ``encoder`` module that
+    SpeechBrain's ``EncoderASR`` calls as ``encoder(wavs, wav_lens)``; runs the model's current depth
+    (full unless set), or ``layers``."""
+
+    def __init__(self, compute_features: torch.nn.Module, normalize: torch.nn.Module, model: torch.nn.Module):
+        super().__init__()
+        self.compute_features = compute_features
+        self.normalize = normalize
+        self.model = model
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor,
+                layers: Optional[Sequence[int]] = None) -> torch.Tensor:
+        feats = self.normalize(self.compute_features(wavs), wav_lens)
+        return self.model(feats, wav_lens, layers=layers)
+
+
 class DynamicDepthASR(DynamicDepthModel):
     """A trained conformer CTC model whose depth is chosen per call (``depth``, ``layers``) or by budget
-    (``max_params``, ``max_latency_ms`` with a profile from :meth:`profile`)."""
+    (``max_params``, ``max_latency_ms`` with a profile from :meth:`profile`); decodes with the bundle's
+    decoder (greedy, beam search, lexicon, LM: :mod:`dld_brain.decoding`), changeable with
+    :meth:`set_decoder` or per call (``decoder=``)."""
 
     HPARAMS_NEEDED = ["compute_features", "tokenizer", "blank_index", "sample_rate"]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokenizer = self.hparams.tokenizer
+        # bundles written before decoding was configurable have no decoder: greedy, as they were
+        self.decoder: CTCDecoder = getattr(self.hparams, "decoder", None) or CTCDecoder(
+            self.tokenizer, blank_index=self.hparams.blank_index, beam_size=0)
+
+    def set_decoder(self, **changes) -> CTCDecoder:
+        """Replace the decoder with the current one's settings updated by ``changes`` (``beam_size``,
+        ``lexicon``, ``lm``, ``lm_weight``, ``word_score``; ``beam_size=0`` = greedy, which drops lexicon and
+        LM unless given). Returns the new decoder; DecoderConfigError for an unusable setting."""
+        self.decoder = self.make_decoder(**changes)
+        return self.decoder
+
+    def make_decoder(self, **changes) -> CTCDecoder:
+        """A decoder with the current one's settings updated by ``changes`` (see :meth:`set_decoder`)."""
+        old = self.decoder
+        settings = {"beam_size": old.beam_size, "lexicon": old.lexicon, "lm": old.lm,
+                    "lm_weight": old.lm_weight, "word_score": old.word_score}
+        if changes.get("beam_size") == 0:
+            settings.update(lexicon=None, lm=None)
+        settings.update(changes)
+        decoder = CTCDecoder(self.tokenizer, blank_index=self.hparams.blank_index, **settings)
+        if not decoder.is_greedy:
+            decoder._search = decoder._build()  # errors (missing file, bad lexicon) now, not at the first file
+        return decoder
+
     def transcribe_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor, depth: Optional[int] = None,
                          layers: Optional[Sequence[int]] = None, max_params: Optional[int] = None,
-                         max_latency_ms: Optional[float] = None) -> list[str]:
-        """Greedy CTC transcripts of a padded batch (B, T) at ``sample_rate`` with relative lengths."""
+                         max_latency_ms: Optional[float] = None,
+                         decoder: Optional[CTCDecoder] = None) -> tuple[list[str], list[list[int]]]:
+        """(predicted words, predicted token ids) of a padded batch (B, T) at ``sample_rate`` with relative
+        lengths, as SpeechBrain's ``EncoderASR.transcribe_batch`` returns them."""
         log_probs = self._log_probs(wavs, wav_lens, depth=depth, layers=layers, max_params=max_params,
                                     max_latency_ms=max_latency_ms)
-        hyps = sb.decoders.ctc_greedy_decode(log_probs, wav_lens.to(log_probs.device).float(),
-                                             blank_id=self.hparams.blank_index)
-        return [self.hparams.tokenizer.decode_ids([int(i) for i in h]) for h in hyps]
+        return (decoder or self.decoder).decode(log_probs, wav_lens)
 
-    def transcribe_file(self, path: Union[str, Path], **depth_options) -> str:
-        """Transcript of one audio file (any format soundfile reads, any rate, mono or stereo)."""
+    def transcribe_file(self, path: Union[str, Path], **options) -> str:
+        """Transcript of one audio file (any format soundfile reads, any rate, mono or stereo); ``options``:
+        the depth options of :meth:`layers_for` and ``decoder``."""
         sig = self.read_audio(path)
-        return self.transcribe_batch(sig.unsqueeze(0), torch.ones(1), **depth_options)[0]
+        return self.transcribe_batch(sig.unsqueeze(0), torch.ones(1), **options)[0][0]
 
     def transcribe_files(self, paths: Sequence[Union[str, Path]], batch_size: int = 8,
-                         **depth_options) -> list[str]:
+                         **options) -> list[str]:
         """Transcripts of several files, batched (padding handled with relative lengths)."""
         out = []
         for batch, lens in self.padded_batches(paths, batch_size):
-            out += self.transcribe_batch(batch, lens, **depth_options)
+            out += self.transcribe_batch(batch, lens, **options)[0]
         return out
 
 

@@ -7,6 +7,7 @@ evaluation) is here, so recipes stay thin and identical in behaviour.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -18,9 +19,11 @@ from speechbrain.utils.distributed import run_on_main
 from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError, NonFiniteLossError
 from dld_brain.data.manifest import DataPrepError
 from dld_brain.dataio import AudioError, make_asr_datasets, train_tokenizer
+from dld_brain.decoding import DecoderConfigError, build_decoder
 from dld_brain.export import write_inference_bundle
 from dld_brain.gates import DepthError, select_layers
 from dld_brain.hparams import HparamsError, load_hparams, resolved_yaml_text
+from dld_brain.safe_files import UntrustedFileError
 from dld_brain.sweep import depth_sweep
 from dld_brain.teacher import TeacherError
 from dld_brain.validation import BadDataError
@@ -28,7 +31,8 @@ from dld_brain.validation import BadDataError
 logger = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError, MethodConfigError, AudioError)
+USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError,
+               MethodConfigError, AudioError, UntrustedFileError, DecoderConfigError)
 
 
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
@@ -62,9 +66,48 @@ def private_generator(opts: dict, hparams: dict) -> dict:
     return {**opts, "generator": torch.Generator().manual_seed(int(hparams.get("seed", 0)))}
 
 
-def train_loader_options(hparams: dict, train_set) -> dict:
+def world_size() -> int:
+    """Number of training processes (1 unless launched with torchrun / DDP)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def effective_batch(hparams: dict, world: int, grad_accumulation: int = 1) -> dict:
+    """The batch of one optimiser step, from the hparams and the number of processes ``world``.
+
+    With ``dynamic_batching`` and ``batch_seconds`` set, ``batch_seconds`` is the audio of one optimiser
+    step over all GPUs, so the optimisation (and the step-based ``warmup_steps``) is the same on 1, 4 or 8
+    GPUs: each GPU gets batches of ``batch_seconds / (world * accumulation)`` seconds, with the fewest
+    gradient-accumulation steps (at least ``grad_accumulation``) that keep them within
+    ``dynamic_batch_sampler_train.max_batch_length`` (the per-GPU memory cap). Without ``batch_seconds`` the
+    per-GPU size is fixed and the step grows with the GPU count (SpeechBrain's behaviour).
+
+    Returns ``world_size``, ``grad_accumulation``, ``per_gpu`` (seconds, or utterances without dynamic
+    batching), ``per_step`` (per_gpu x world x accumulation) and ``unit`` ("s" or "utterances").
+    """
+    accum = max(int(grad_accumulation), 1)
+    if not hparams.get("dynamic_batching", False):
+        per_gpu, unit = int(hparams["train_dataloader_opts"]["batch_size"]), "utterances"
+    else:
+        unit = "s"
+        cap = float(hparams["dynamic_batch_sampler_train"]["max_batch_length"])
+        total = hparams.get("batch_seconds")
+        if total is None:
+            per_gpu = cap
+        else:
+            if float(total) <= 0:
+                raise HparamsError(f"batch_seconds must be > 0 (seconds of audio per optimiser step), got {total}")
+            accum = max(accum, math.ceil(float(total) / (world * cap) - 1e-9))
+            per_gpu = float(total) / (world * accum)
+    return {"world_size": world, "grad_accumulation": accum, "per_gpu": per_gpu,
+            "per_step": per_gpu * world * accum, "unit": unit}
+
+
+def train_loader_options(hparams: dict, train_set, max_batch_length: Optional[float] = None) -> dict:
     """Training DataLoader options; with ``dynamic_batching: True`` a duration-bucketed batch sampler
-    (SpeechBrain's DynamicBatchSampler, options in ``dynamic_batch_sampler_train``) replaces batch_size."""
+    (SpeechBrain's DynamicBatchSampler, options in ``dynamic_batch_sampler_train``, its batch length
+    replaced by ``max_batch_length`` when given) replaces batch_size."""
     opts = dict(hparams["train_dataloader_opts"])
     # A private generator: creating a DataLoader iterator then draws nothing from the global RNG, so
     # a run resumed mid-epoch consumes exactly the random numbers the uninterrupted run would have.
@@ -73,8 +116,11 @@ def train_loader_options(hparams: dict, train_set) -> dict:
         return opts
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
-    sampler = DynamicBatchSampler(train_set, length_func=lambda x: float(x["duration"]),
-                                  **hparams["dynamic_batch_sampler_train"])
+    sampler_opts = dict(hparams["dynamic_batch_sampler_train"])
+    sampler_opts.setdefault("seed", int(hparams.get("seed", 0)))  # batch order follows the experiment's seed
+    if max_batch_length is not None:
+        sampler_opts["max_batch_length"] = max_batch_length
+    sampler = DynamicBatchSampler(train_set, length_func=lambda x: float(x["duration"]), **sampler_opts)
     return {"batch_sampler": sampler, "num_workers": opts.get("num_workers", 0), "generator": opts["generator"]}
 
 
@@ -127,7 +173,8 @@ def run_asr_recipe(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
-    fit_and_sweep(brain, datasets, hparams)
+    decoder = build_decoder(hparams, tokenizer, hparams["output_folder"])  # a lexicon error before training
+    fit_and_sweep(brain, datasets, hparams, decoder=decoder)
     if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         tokenizer.prefix_model_file + ".model",
@@ -138,23 +185,44 @@ def run_asr_recipe(
 
 def fit(brain, datasets: dict, hparams: dict) -> None:
     """Train (unless ``skip_training``) on ``datasets['train']``/``['valid']`` with the recipes' loader options
-    (duration buckets when configured, private generators for exact resumption)."""
-    if not hparams.get("skip_training", False):
-        brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
-                  train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
-                  valid_loader_kwargs=private_generator(hparams["valid_dataloader_opts"], hparams))
+    (duration buckets when configured, private generators for exact resumption) and the batch of
+    :func:`effective_batch` (per-GPU size and gradient accumulation from the world size), logged at start."""
+    if hparams.get("skip_training", False):
+        return
+    check_averaging(hparams)
+    batch = effective_batch(hparams, world_size(), getattr(brain, "grad_accumulation_factor", 1))
+    brain.grad_accumulation_factor = batch["grad_accumulation"]
+    logger.info("Effective batch: %g %s of audio per optimiser step = %d process(es) x %g %s x %d "
+                "gradient-accumulation step(s)%s", batch["per_step"], batch["unit"], batch["world_size"],
+                batch["per_gpu"], batch["unit"], batch["grad_accumulation"],
+                "" if hparams.get("batch_seconds") or batch["world_size"] == 1 else
+                " (grows with the GPU count: set batch_seconds to keep the optimisation of one GPU)")
+    per_gpu = batch["per_gpu"] if hparams.get("dynamic_batching", False) else None
+    brain.fit(brain.hparams.epoch_counter, datasets["train"], datasets["valid"],
+              train_loader_kwargs=train_loader_options(hparams, datasets["train"], per_gpu),
+              valid_loader_kwargs=private_generator(hparams["valid_dataloader_opts"], hparams))
 
 
-def fit_and_sweep(brain, datasets: dict, hparams: dict, metric: str = "WER", max_key: Optional[str] = None):
-    """:func:`fit`, then the depth sweep on every set named in ``test_csvs``; shared by the ASR and the
-    classification recipes."""
+def check_averaging(hparams: dict) -> None:
+    """``avg_checkpoints: k`` needs k kept checkpoints: reject a training run that would keep fewer."""
+    avg = int(hparams.get("avg_checkpoints", 1) or 1)
+    keep = int(hparams.get("ckpts_to_keep", 2))
+    if avg > keep:
+        raise HparamsError(f"avg_checkpoints: {avg} needs at least {avg} kept checkpoints but ckpts_to_keep is "
+                           f"{keep}: set --ckpts_to_keep={avg} (or more)")
+
+
+def fit_and_sweep(brain, datasets: dict, hparams: dict, metric: str = "WER", max_key: Optional[str] = None,
+                  decoder=None):
+    """:func:`fit`, then the depth sweep on every set named in ``test_csvs`` (greedy and ``decoder`` WER);
+    shared by the ASR and the classification recipes."""
     fit(brain, datasets, hparams)
     test_sets = {name: datasets[name] for name in hparams.get("test_csvs", {})}
     return depth_sweep(brain, test_sets, hparams["output_folder"], hparams.get("method", "model"),
                        depths=hparams.get("sweep_depths"), policy=hparams.get("sweep_policy"),
                        loader_kwargs=private_generator(hparams["test_dataloader_opts"], hparams),
                        tag=evaluation_tag(hparams), metric=metric,
-                       min_key=None if max_key else metric, max_key=max_key)
+                       min_key=None if max_key else metric, max_key=max_key, decoder=decoder)
 
 
 def main_guard(fn: Callable[[], object]) -> None:

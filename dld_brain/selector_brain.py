@@ -22,11 +22,10 @@ from typing import Optional, Union
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 
 from dld_brain.brain import DynamicDepthCTCBrain
 from dld_brain.lobes.selector import BudgetError, SelectiveDepthModel, budget_loss, budget_tensor
-from dld_brain.teacher import find_checkpoint, load_module_checked
+from dld_brain.teacher import find_checkpoint, load_module_checked, load_with_default_hook
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def load_backbone(modules: dict, checkpoint: Union[str, Path]) -> Path:
     """
     ckpt = find_checkpoint(checkpoint)
     load_module_checked(modules["model"], ckpt / "model.ckpt")
-    get_default_hook(modules["normalize"], DEFAULT_LOAD_HOOKS)(modules["normalize"], ckpt / "normalize.ckpt", False)
+    load_with_default_hook(modules["normalize"], ckpt / "normalize.ckpt")
     logger.info("Backbone loaded from %s", ckpt)
     return ckpt
 
@@ -106,13 +105,13 @@ class SelectorCTCBrain(DynamicDepthCTCBrain):
 
     def compute_forward(self, batch, stage):
         """Selector + backbone log-posteriors (relaxed gates in training, top-k otherwise), and the
-        teacher's in KD training."""
+        teacher's in KD training (its input per ``kd_teacher_input``)."""
         batch = batch.to(self.device)
         train = stage == sb.Stage.TRAIN
         if train and self.freeze_backbone:  # SpeechBrain sets every module to train mode each epoch
             self.model.eval()
             self.modules.normalize.eval()
-        feats, wav_lens = self.compute_features(batch, stage)
+        feats, target_feats, wav_lens = self.compute_student_teacher_features(batch, stage)
         if train:
             budgets = torch.tensor([random.choice(self.train_budgets) for _ in range(feats.shape[0])],
                                    device=feats.device)
@@ -122,7 +121,7 @@ class SelectorCTCBrain(DynamicDepthCTCBrain):
         teacher_log_probs = None
         if train and self.teacher is not None:
             with torch.no_grad():
-                teacher_log_probs = self.teacher["model"](feats, wav_lens)
+                teacher_log_probs = self.teacher["model"](target_feats, wav_lens)
         return log_probs, wav_lens, teacher_log_probs, logits, gates, budgets
 
     def compute_objectives(self, predictions, batch, stage):

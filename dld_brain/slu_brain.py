@@ -61,12 +61,13 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
     _calibration_batches = None
 
     def compute_forward(self, batch, stage):
-        """Student log-posteriors (B, C), and in DLD training the frozen teacher's on the same features
-        (with ASKD also the self-KD targets, as a 3rd element)."""
+        """Student log-posteriors (B, C), and in DLD training the frozen teacher's (on the student's features or,
+        with ``kd_teacher_input: clean``, on them before SpecAugment; with ASKD also the self-KD targets, as a
+        3rd element)."""
         batch = batch.to(self.device)
-        feats, wav_lens = self.compute_features(batch, stage)
+        feats, target_feats, wav_lens = self.compute_student_teacher_features(batch, stage)
         log_probs = self.modules.model(feats, wav_lens)
-        teacher_log_probs, self_log_probs = self.distillation_targets(feats, wav_lens, stage)
+        teacher_log_probs, self_log_probs = self.distillation_targets(target_feats, wav_lens, stage)
         if self.askd is None:
             return log_probs, teacher_log_probs
         return log_probs, teacher_log_probs, self_log_probs
@@ -76,7 +77,7 @@ class DynamicDepthClassifierBrain(DynamicDepthCTCBrain):
         counted per depth outside training."""
         log_probs, teacher_log_probs, *rest = predictions
         self_log_probs = rest[0] if rest else None
-        targets = batch.intent_encoded.data.reshape(-1).to(log_probs.device)
+        targets = self.replicate_labels(batch.intent_encoded.data.reshape(-1).to(log_probs.device), stage)
         loss = torch.nn.functional.nll_loss(log_probs, targets)
         self._loss_parts["nll"] += float(loss.detach())
         if teacher_log_probs is not None:

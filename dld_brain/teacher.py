@@ -17,6 +17,8 @@ import torch
 import yaml
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
 
+from dld_brain.safe_files import UnreadableFileError, UntrustedFileError, load_weights, weights_only_loading
+
 logger = logging.getLogger(__name__)
 
 _ENCODER_LAYER_KEY = re.compile(r"^encoder\.(?:.+?\.)?layers\.(\d+)\.")  # first layers.<i> after encoder.
@@ -94,11 +96,22 @@ def load_module_checked(module: torch.nn.Module, ckpt_file: Path) -> None:
     if not ckpt_file.is_file():
         raise TeacherError(f"teacher checkpoint file missing: {ckpt_file}")
     try:
-        state = torch.load(ckpt_file, map_location="cpu")
+        state = load_weights(ckpt_file)
+    except UntrustedFileError as err:
+        if not isinstance(err, UnreadableFileError):
+            raise
+        raise TeacherError(f"teacher checkpoint {ckpt_file} is unreadable ({err}); retrain or re-copy it") from err
     except Exception as err:
         raise TeacherError(f"teacher checkpoint {ckpt_file} is unreadable ({err}); retrain or re-copy it") from err
     check_state_compatible(module.state_dict(), state, str(ckpt_file))
     module.load_state_dict(state)
+
+
+def load_with_default_hook(module, path: Path) -> None:
+    """Load a module without parameters (e.g. normalisation statistics) with its SpeechBrain load hook, every
+    ``torch.load`` inside reading tensors and plain types only (see dld_brain.safe_files)."""
+    with weights_only_loading():
+        get_default_hook(module, DEFAULT_LOAD_HOOKS)(module, path, False)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
@@ -127,7 +140,7 @@ def load_teacher(
         else:
             if not path.is_file():
                 raise TeacherError(f"teacher checkpoint file missing: {path}")
-            get_default_hook(copy_, DEFAULT_LOAD_HOOKS)(copy_, path, False)
+            load_with_default_hook(copy_, path)
         teacher[name] = freeze(copy_)
     logger.info("Loaded frozen teacher from %s", ckpt)
     return teacher, ckpt

@@ -4,6 +4,11 @@ dynamic-depth model at a chosen depth or budget.
   python -m dld_brain.transcribe --model results/fsdd/dld/inference --depth 3 a.wav b.flac
   python -m dld_brain.transcribe --model DIR --budget-ms 15 *.wav     # deepest depth within 15 ms
   python -m dld_brain.transcribe --model DIR --profile                 # measure latency per depth
+  python -m dld_brain.transcribe --model DIR --beam 20 --lexicon words.lex --lm words.arpa a.wav
+  python -m dld_brain.transcribe --model DIR --beam 0 a.wav            # greedy (may emit non-words)
+
+Decoding defaults to the bundle's decoder (the FSDD recipe's: beam 10 restricted to the digit words);
+``--lexicon none`` / ``--lm none`` drop the bundle's lexicon / LM.
 
 Prints ``<file>\\t<transcript>`` per file (``<file>\\t<label>\\t<probability>`` for a classifier); a file
 that cannot be read is reported on stderr and the others are still processed (exit status 1 if any failed).
@@ -32,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-params", type=int, dest="max_params",
                        help="deepest depth whose executed encoder parameters fit")
     parser.add_argument("--profile", action="store_true", help="measure latency per depth and save it")
+    parser.add_argument("--beam", type=int, help="beam size (0 = greedy; default: the bundle's decoder)")
+    parser.add_argument("--lexicon", help="lexicon file ('WORD tok tok ...' per line) restricting the output to "
+                        "its words; 'none' drops the bundle's lexicon")
+    parser.add_argument("--lm", help="KenLM n-gram (.arpa or .bin) for beam search; 'none' drops the bundle's")
+    parser.add_argument("--lm-weight", type=float, dest="lm_weight", help="LM weight (default: the bundle's)")
+    parser.add_argument("--word-score", type=float, dest="word_score", help="score added per word")
     parser.add_argument("--device", default="cpu")
     return parser
 
@@ -39,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from dld_brain.decoding import DecoderConfigError
     from dld_brain.gates import DepthError
     from dld_brain.inference import BudgetError, DynamicDepthClassifier, InferenceInputError, load_bundle
 
@@ -47,6 +59,18 @@ def main(argv=None) -> int:
     except InferenceInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not isinstance(asr, DynamicDepthClassifier):
+        none = lambda v: None if v is not None and v.lower() == "none" else v  # noqa: E731
+        changes = {"beam_size": args.beam, "lexicon": none(args.lexicon), "lm": none(args.lm),
+                   "lm_weight": args.lm_weight, "word_score": args.word_score}
+        changes = {k: v for k, v in changes.items() if v is not None or (k in ("lexicon", "lm") and
+                                                                          getattr(args, k) is not None)}
+        try:
+            if changes:
+                asr.set_decoder(**changes)
+        except DecoderConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.profile:
         for row in asr.profile()["depths"]:
             print(f"depth {row['depth']}: {row['latency_ms']:.2f} ms, {row['encoder_params']} encoder parameters")
@@ -59,7 +83,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.files:
-        print(f"# {len(layers)} of {asr.num_layers} layers: {layers}", file=sys.stderr)
+        decoding = "" if isinstance(asr, DynamicDepthClassifier) else f", {asr.decoder.describe()}"
+        print(f"# {len(layers)} of {asr.num_layers} layers: {layers}{decoding}", file=sys.stderr)
     failed = 0
     for path in tqdm(args.files, disable=len(args.files) < 5, file=sys.stderr, unit="file"):
         try:

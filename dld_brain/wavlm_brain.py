@@ -38,10 +38,11 @@ class WavLMCTCBrain(DynamicDepthCTCBrain):
                 if opt is not None:
                     self.checkpointer.add_recoverable(name, opt)
 
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Step both per-batch schedules (head: ``lr_annealing``, backbone: ``lr_annealing_backbone``)."""
-        skipped = getattr(self, "_skipped_step", False)  # read before the parent resets it
-        super().on_fit_batch_end(batch, outputs, loss, should_step)
+    def lr_schedules(self) -> list:
+        """Both per-step schedules (head: ``lr_annealing``, backbone: ``lr_annealing_backbone``), applied
+        before each optimiser step."""
+        schedules = super().lr_schedules()
         annealing = self.hparams_get("lr_annealing_backbone")
-        if should_step and not skipped and annealing is not None and self.backbone_optimizer is not None:
-            annealing(self.backbone_optimizer)
+        if annealing is not None and self.backbone_optimizer is not None:
+            schedules.append((annealing, self.backbone_optimizer))
+        return schedules

@@ -1,6 +1,7 @@
 """FSDD connected-digit preparation on the real recordings: split, audio, determinism, idempotency, errors."""
 
 import csv
+import hashlib
 import math
 import os
 import shutil
@@ -231,6 +232,7 @@ def test_download_keeps_only_recordings(tmp_path, fsdd_root, monkeypatch):
         for name in ("0_theo_0.wav", "1_theo_0.wav"):
             zf.write(fsdd_root / "recordings" / name, f"free-spoken-digit-dataset-1.0.10/recordings/{name}")
     monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, filename: shutil.copy(archive, filename))
+    monkeypatch.setenv("DLD_FSDD_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())  # pinned by the user
     root = locate_fsdd(tmp_path / "data", download=True)
     assert root == tmp_path / "data"
     assert sorted(os.listdir(root)) == ["recordings"]

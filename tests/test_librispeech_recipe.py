@@ -13,7 +13,8 @@ from conftest import REPO
 TINY = ["--num_layers=4", "--d_model=32", "--nhead=2", "--d_ffn=64", "--kernel_size=3", "--n_mels=40",
         "--token_type=char", "--vocab_size=17", "--number_of_epochs=2", "--warmup_steps=10",
         "--train_dataloader_opts={batch_size: 4, num_workers: 0}",
-        "--dynamic_batch_sampler_train={max_batch_length: 15, num_buckets: 2}", "--device=cpu"]
+        "--dynamic_batch_sampler_train={max_batch_length: 15, num_buckets: 2}", "--batch_seconds=15",
+        "--device=cpu"]
 
 
 def run(script, hparams, *args):

@@ -75,6 +75,26 @@ def test_checkpoint_half_written_at_the_kill_is_never_loaded(reference, fsdd_dir
     assert_same(ref, final_model(root / "save"))
 
 
+DYNAMIC = dict(dynamic_batching=True, dynamic_batch_sampler_train="{max_batch_length: 8, num_buckets: 3, "
+               "shuffle: True, batch_ordering: random, max_batch_ex: 3}")
+
+
+def test_reshuffle_resume_mid_epoch_with_dynamic_batches(reference, fsdd_dir, tmp_path):
+    """Duration-bucketed batches, reshuffled each epoch: a run stopped after epoch 1, restarted, killed in
+    epoch 2 and resumed from its intra-epoch checkpoint ends with the model of an uninterrupted run (the
+    batches of an epoch depend only on the seed and the epoch, not on how the process got there)."""
+    root, _ = reference
+    ref = run(tmp_path / "ref", root / "prep", fsdd_dir, **DYNAMIC)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    first = run(tmp_path / "kill", root / "prep", fsdd_dir, number_of_epochs=1, **DYNAMIC)
+    assert first.returncode == 0, first.stderr[-2000:]
+    killed = run(tmp_path / "kill", root / "prep", fsdd_dir, fault="after_step:4", **DYNAMIC)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run(tmp_path / "kill", root / "prep", fsdd_dir, **DYNAMIC)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same(final_model(tmp_path / "ref"), final_model(tmp_path / "kill"))
+
+
 def test_nonfinite_loss_is_skipped_and_counted(reference, fsdd_dir, tmp_path):
     root, _ = reference
     proc = run(tmp_path / "nan", root / "prep", fsdd_dir, fault="nan_loss:3")

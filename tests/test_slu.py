@@ -23,6 +23,7 @@ from dld_brain.data.speech_to_intent import prepare_speech_to_intent, stratified
 from dld_brain.lobes.classifier import ConformerClassifier, masked_attention_pool, masked_mean
 from dld_brain.lobes.conformer import executed_parameters
 from dld_brain.recipe import main_guard
+from dld_brain.safe_files import load_weights
 from dld_brain.slu_recipe import run_slu_recipe
 from dld_brain.teacher import TeacherError, check_state_compatible, find_checkpoint
 
@@ -483,7 +484,7 @@ def test_recipe_calibrates_the_validated_depths_and_the_bundle_at_every_depth(tr
 
     checkpoint = tracked(torch.load(find_checkpoint(root / "teacher") / "model.ckpt"))
     assert checkpoint[-1] > 0
-    assert all(t > 0 for t in tracked(torch.load(root / "teacher" / "inference" / "model.ckpt")))
+    assert all(t > 0 for t in tracked(load_weights(root / "teacher" / "inference" / "model.ckpt")))
 
 
 def test_coffee_order_comparison_end_to_end(tmp_path, s2i_dir):
@@ -504,5 +505,5 @@ def test_coffee_order_comparison_end_to_end(tmp_path, s2i_dir):
         sweep = pd.read_csv(root / method / "depth_sweep_test.csv")
         assert sweep["depth"].tolist() == [1, 2, 3] and sweep["accuracy"].between(0, 100).all()
     assert "kd_loss" in (root / "dld" / "train_log.txt").read_text()
-    model = torch.load(root / "dld" / "inference" / "model.ckpt")
+    model = load_weights(root / "dld" / "inference" / "model.ckpt")
     assert model["frontend.convblock_2.convs.conv_0.conv.weight"].shape[0] == 32  # the 8x front-end's 3rd block

@@ -4,6 +4,7 @@ real orders and served from a file:// URL, becomes ``labels.csv`` + trimmed ``au
 preparation reads."""
 
 import csv
+import hashlib
 import json
 import zipfile
 
@@ -58,7 +59,8 @@ def test_download_builds_the_local_layout_and_prep_reads_it(tmp_path):
     orders = real_orders(6)
     archive = release_zip(tmp_path, orders)
     target = tmp_path / "data" / "speech_to_intent"
-    found = locate_speech_to_intent(target, [tmp_path / "nowhere"], download=True, url=archive.as_uri())
+    found = locate_speech_to_intent(target, [tmp_path / "nowhere"], download=True, url=archive.as_uri(),
+                                    sha256=hashlib.sha256(archive.read_bytes()).hexdigest())
     assert found == target.absolute()
     with open(target / "labels.csv", newline="") as handle:
         rows = {r["id"]: r for r in csv.DictReader(handle)}

@@ -169,3 +169,93 @@ def test_method_config_errors(hparams, message):
 ])
 def test_valid_method_configs_pass(hparams):
     assert check_method_config(hparams) is None
+
+
+# ---- the teacher's input (kd_teacher_input) -------------------------------------------------------
+
+
+class SpyThenZero(torch.nn.Module):
+    """A SpecAugment stand-in that masks everything, in place like SpeechBrain's SpectrogramDrop; keeps a copy
+    of what it was given (the un-masked features)."""
+
+    def forward(self, feats):
+        self.seen = feats.clone()
+        return feats.masked_fill_(torch.ones_like(feats, dtype=torch.bool), 0.0)
+
+
+def kd_brain(tmp_path, kind, kd_teacher_input, wav_augment=None):
+    """A DLD brain (CTC or classifier) with a saved teacher and the all-masking spec augment above."""
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from dld_brain.brain import DynamicDepthCTCBrain
+    from dld_brain.lobes.classifier import ConformerClassifier
+    from dld_brain.slu_brain import DynamicDepthClassifierBrain
+
+    cfg = dict(n_mels=16, d_model=32, num_layers=4, nhead=2, d_ffn=64, kernel_size=3)
+    make = ((lambda: ConformerCTC(vocab_size=8, **cfg)) if kind == "ctc"
+            else (lambda: ConformerClassifier(num_classes=3, pool_norm="none", **cfg)))
+    torch.manual_seed(0)
+    teacher, norm = make(), InputNormalization(norm_type="sentence")
+    Checkpointer(tmp_path / "save", recoverables={"model": teacher, "normalize": norm}).save_checkpoint(
+        meta={"WER": 10.0})
+    torch.manual_seed(1)
+    spy = SpyThenZero()
+    hparams = dict(compute_features=Fbank(n_mels=16), epoch_counter=EpochCounter(1), spec_augment=[spy],
+                   wav_augment=wav_augment, teacher_checkpoint=str(tmp_path), kd_weight=1.0,
+                   kd_teacher_input=kd_teacher_input)
+    brain_class = DynamicDepthCTCBrain if kind == "ctc" else DynamicDepthClassifierBrain
+    modules = {"model": make(), "normalize": InputNormalization(norm_type="sentence")}
+    brain = brain_class(modules=modules, hparams=hparams, run_opts={"device": "cpu"})
+    return brain, spy
+
+
+def wav_batch():
+    from speechbrain.dataio.batch import PaddedBatch
+
+    gen = torch.Generator().manual_seed(3)
+    return PaddedBatch([{"id": "a", "sig": torch.randn(8000, generator=gen)},
+                        {"id": "b", "sig": torch.randn(6400, generator=gen)}])
+
+
+@pytest.mark.parametrize("kind", ["ctc", "classifier"])
+def test_teacher_clean_input_gives_targets_of_the_unmasked_features(tmp_path, kind):
+    """kd_teacher_input: clean -> the teacher's targets are those of the features before SpecAugment (here a
+    mask of everything), augmented -> those of the masked features; the student always gets the masked ones."""
+    import speechbrain as sb
+
+    targets = {}
+    for source in ("clean", "augmented"):
+        brain, spy = kd_brain(tmp_path / source, kind, source)
+        brain.modules.eval()  # a deterministic student forward (no dropout); the augmentation follows the stage
+        out = brain.compute_forward(wav_batch(), sb.Stage.TRAIN)
+        teacher_out = out[2] if kind == "ctc" else out[1]
+        lens = torch.tensor([1.0, 0.8])
+        with torch.no_grad():
+            on_clean = brain.teacher["model"](spy.seen, lens)
+            on_masked = brain.teacher["model"](torch.zeros_like(spy.seen), lens)
+            student_on_masked = brain.modules.model(torch.zeros_like(spy.seen), lens)
+        assert not torch.allclose(on_clean, on_masked, atol=1e-3)  # the masks matter
+        expected = on_clean if source == "clean" else on_masked
+        assert torch.allclose(teacher_out, expected, atol=1e-5), source
+        assert torch.allclose(out[0].detach(), student_on_masked, atol=1e-5)  # the student: masked
+        targets[source] = teacher_out
+    assert not torch.allclose(targets["clean"], targets["augmented"], atol=1e-3)
+
+
+def test_teacher_clean_input_keeps_the_waveform_augmentation_frame_aligned(tmp_path):
+    """'clean' means unmasked, not un-perturbed: a length-changing waveform augmentation (2x speed-up) is seen by
+    the teacher too, so its posteriors have the student's frames."""
+    import speechbrain as sb
+
+    brain, spy = kd_brain(tmp_path, "ctc", "clean", wav_augment=lambda wavs: wavs[:, ::2])
+    log_probs, _, teacher_out = brain.compute_forward(wav_batch(), sb.Stage.TRAIN)
+    assert teacher_out.shape == log_probs.shape
+    with torch.no_grad():
+        assert torch.allclose(teacher_out, brain.teacher["model"](spy.seen, torch.tensor([1.0, 0.8])), atol=1e-5)
+    assert spy.seen.shape[1] < 45  # 0.5 s -> 0.25 s of 10 ms frames: the teacher saw the sped-up audio
+
+
+def test_teacher_clean_input_bad_value_is_named():
+    with pytest.raises(MethodConfigError, match="kd_teacher_input must be one of augmented, clean, got 'raw'"):
+        check_method_config(dict(kd_teacher_input="raw"))

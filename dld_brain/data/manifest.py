@@ -2,7 +2,7 @@
 
 Every preparation script writes its manifests through :func:`write_manifest` (atomic, validated) and
 uses :class:`PrepMarker` to skip work that was already done with the same options (idempotent prep);
-corpora downloaded as zip archives go through :func:`downloaded_archive`.
+corpora downloaded as archives go through :func:`downloaded_archive` (pinned sha256, safe extraction).
 
 Audio paths are written relative to the corpus folder as ``$data_root/<path>`` (:func:`root_relative`),
 SpeechBrain's convention: readers substitute the folder where the corpus is now
@@ -19,12 +19,12 @@ import os
 import re
 import shutil
 import tempfile
-import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import soundfile
+
+from dld_brain.safe_files import download, safe_extract
 
 MANIFEST_FIELDS = ("ID", "duration", "wav", "spk_id", "wrd")
 DATA_ROOT = "$data_root"
@@ -37,22 +37,24 @@ class DataPrepError(RuntimeError):
 
 @contextlib.contextmanager
 def downloaded_archive(url: str, data_folder: str | os.PathLike, keep: Callable[[str], bool],
-                       prefix: str = ".download_") -> Iterator[Path]:
-    """Download the zip at ``url`` into a hidden temp folder inside ``data_folder`` and yield the folder its
-    members accepted by ``keep(name)`` were extracted to; the temp folder is removed afterwards.
+                       prefix: str = ".download_", sha256: Optional[str] = None,
+                       how_to_pin: str = "pin it") -> Iterator[Path]:
+    """Download the archive (zip or tar) at ``url`` into a hidden temp folder inside ``data_folder``, check
+    its ``sha256`` (pinned by the caller; none pinned = refused), and yield the folder its members accepted
+    by ``keep(name)`` were extracted to; the temp folder is removed afterwards.
 
-    The caller moves the finished files into place with ``os.replace`` (on the same file system), the file
-    that marks the copy complete last, so a killed download never looks complete.
+    Nothing is unpacked unless the hash matches, and nothing at all if any member is absolute, has a ``..``
+    component or is a link leaving the folder (:func:`dld_brain.safe_files.safe_extract`). The caller moves
+    the finished files into place with ``os.replace`` (same file system), the file that marks the copy
+    complete last, so a killed download never looks complete.
     """
     data_folder = Path(data_folder)
     data_folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=data_folder, prefix=prefix))
     try:
-        archive = tmp / "archive.zip"
-        urllib.request.urlretrieve(url, str(archive))
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp / "extracted", [name for name in zf.namelist() if keep(name)])
-        yield tmp / "extracted"
+        archive = download(url, tmp / "archive", sha256, what=f"the archive downloaded from {url}",
+                           how_to_pin=how_to_pin)
+        yield safe_extract(archive, tmp / "extracted", keep)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

