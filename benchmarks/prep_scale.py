@@ -97,13 +97,16 @@ def main() -> None:
                 corpus, tmp / f"prepared{procs}", tr_splits=["train-clean-100"], dev_splits=[], te_splits=[]))
         os.environ["SB_NUM_PROC"] = str(workers)
         csv = outputs["train"]
-        rows = read_manifest(csv)
-        assert len(rows) == args.files, f"{len(rows)} rows for {args.files} files"
-        before_s, _ = timed(lambda: [audio_problem(r["wav"], 0.1, 1e-4, args.level) for r in read_manifest(csv)])
-        first_s, problems = timed(lambda: cached_audio_problems(csv, read_manifest(csv), args.level,
-                                                                process_count=workers))
+
+        def rows():  # what a launch reads: the manifest, $data_root replaced by the corpus folder
+            return read_manifest(csv, replacements={"data_root": corpus})
+
+        assert len(rows()) == args.files, f"{len(rows())} rows for {args.files} files"
+        before_s, _ = timed(lambda: [audio_problem(r["wav"], 0.1, 1e-4, args.level) for r in rows()])
+        first_s, problems = timed(lambda: cached_audio_problems(csv, rows(), args.level, process_count=workers,
+                                                                data_root=str(corpus)))
         assert audio_check_sidecar(csv).is_file() and not problems
-        later_s, again = timed(lambda: cached_audio_problems(csv, read_manifest(csv), args.level))
+        later_s, again = timed(lambda: cached_audio_problems(csv, rows(), args.level, data_root=str(corpus)))
         assert again == problems
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

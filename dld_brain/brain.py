@@ -407,9 +407,10 @@ class DynamicDepthCTCBrain(sb.Brain):
                 ckpt_predicate=lambda c: c.meta.get("epoch") not in keep_epochs)
         elif stage == sb.Stage.TEST:
             if getattr(self, "_unreadable_refs", None) and sb.utils.distributed.if_main_process():
-                for utt, words, _ in self._unreadable_refs:  # every reference word is a deletion
-                    self.wer_metrics[None].append([utt], [[]], [words.split()])
-                wers[None] = self.wer_metrics[None].summarize("error_rate")
+                for key, metric in self.wer_metrics.items():  # greedy, and beam when scored
+                    for utt, words, _ in self._unreadable_refs:  # every reference word is a deletion
+                        metric.append([utt], [[]], [words.split()])
+                    wers[key] = metric.summarize("error_rate")
             stats["WER"] = wers[None]
             if "beam" in wers:
                 stats["WER_beam"] = wers["beam"]

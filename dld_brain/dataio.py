@@ -69,9 +69,10 @@ def train_tokenizer(
 def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.DynamicItemDataset]:
     """Build {"train", "valid", <test names>} datasets with ``sig`` and ``tokens`` items.
 
-    Reads ``train_csv``, ``valid_csv`` and ``test_csvs`` ({name: path}). Audio checks (``check_audio``,
-    ``min_duration_s``) run once per manifest on the main process and are cached beside it
-    (:func:`dld_brain.validation.cached_audio_problems`). Training and validation rows with bad audio or
+    Reads ``train_csv``, ``valid_csv`` and ``test_csvs`` ({name: path}), ``$data_root`` in their paths
+    replaced by ``data_folder`` (or ``data_roots[name]``), as ``DynamicItemDataset.from_csv`` does. Audio
+    checks (``check_audio``, ``min_duration_s``) run once per manifest on the main process and are cached
+    beside it (:func:`dld_brain.validation.cached_audio_problems`). Training and validation rows with bad audio or
     text follow ``on_bad_data``; test rows are never dropped (:func:`dld_brain.validation.split_test_rows`):
     references with units the tokenizer lacks are scored (their words count as errors) and rows whose audio
     cannot be read are scored as empty hypotheses; both are counted, logged and attached to the dataset
@@ -105,9 +106,21 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
     min_dur = float(hparams.get("min_duration_s", 0.1))
     report_dir = hparams.get("output_folder")
 
-    def audio_checks(csv_path: str, rows: list) -> dict:
+    def data_root(name: str) -> Optional[str]:
+        """The folder ``$data_root`` stands for in the manifest of set ``name`` (``data_roots`` overrides
+        ``data_folder`` per set, e.g. the TED-LIUM 3 test set of the LibriSpeech recipe)."""
+        root = (hparams.get("data_roots") or {}).get(name, hparams.get("data_folder"))
+        return str(root) if root else None
+
+    def rows_of(name: str, csv_path: str) -> list:
+        """The manifest's rows (clear error when missing/empty/malformed), ``$data_root`` substituted."""
+        root = data_root(name)
+        return read_manifest(csv_path, replacements={"data_root": root} if root else {})
+
+    def audio_checks(name: str, csv_path: str, rows: list) -> dict:
         """Audio problems of a manifest: checked once on the main process, then read from the cache."""
-        kwargs = dict(csv_path=csv_path, rows=rows, level=level, min_duration_s=min_dur)
+        kwargs = dict(csv_path=csv_path, rows=rows, level=level, min_duration_s=min_dur,
+                      data_root=data_root(name))
         run_on_main(cached_audio_problems, kwargs=kwargs)
         return cached_audio_problems(**kwargs)
 
@@ -124,17 +137,17 @@ def make_asr_datasets(hparams: dict, tokenizer) -> dict[str, sb.dataio.dataset.D
                                                     output_keys=["id", "sig", "wrd", "tokens", "duration"])
 
     def load(name: str, csv_path: str):
-        rows = read_manifest(csv_path)  # clear error when missing/empty/malformed
+        rows = rows_of(name, csv_path)
         kept, problems = check_rows(rows, sp, level=level, min_duration_s=min_dur,
-                                    audio_problems=audio_checks(csv_path, rows))
+                                    audio_problems=audio_checks(name, csv_path, rows))
         report_problems(name, csv_path, len(rows), problems, report_dir, hparams.get("on_bad_data", "skip"))
         if not kept:
             raise DataPrepError(f"no usable rows left in {csv_path} (see skipped_{name}.txt)")
         return dataset(csv_path, kept, text_pipeline)
 
     def load_test(name: str, csv_path: str):
-        rows = read_manifest(csv_path)
-        scored, outside, unreadable = split_test_rows(rows, sp, audio_checks(csv_path, rows))
+        rows = rows_of(name, csv_path)
+        scored, outside, unreadable = split_test_rows(rows, sp, audio_checks(name, csv_path, rows))
         bad_audio = [item for item in unreadable if item[2] != "empty transcript"]
         if bad_audio and hparams.get("on_bad_data", "skip") == "error":
             report_problems(name, csv_path, len(rows), bad_audio, report_dir, "error")

@@ -230,13 +230,15 @@ def audio_problems_parallel(rows: Sequence[dict], level: str = "header", min_dur
 
 def cached_audio_problems(csv_path: str | os.PathLike, rows: Sequence[dict], level: str = "header",
                           min_duration_s: float = 0.1, silence_peak: float = 1e-4,
-                          process_count: Optional[int] = None) -> dict[str, str]:
+                          process_count: Optional[int] = None, data_root: Optional[str] = None) -> dict[str, str]:
     """The audio problems of manifest ``csv_path`` (whose rows are ``rows``), from its sidecar when that was
     written for the same manifest bytes and options, else checked now (:func:`audio_problems_parallel`)
-    and stored. Call it on the main process (``run_on_main``); the other ranks then read the sidecar."""
+    and stored. Call it on the main process (``run_on_main``); the other ranks then read the sidecar.
+    ``data_root`` (the folder ``$data_root`` was replaced by) is part of the key: a moved corpus is checked
+    again."""
     sidecar = audio_check_sidecar(csv_path)
     key = {"manifest_sha1": manifest_digest(csv_path), "level": level, "min_duration_s": float(min_duration_s),
-           "silence_peak": float(silence_peak)}
+           "silence_peak": float(silence_peak), "data_root": data_root}
     if level == "off":
         return {}
     try:

@@ -5,6 +5,7 @@ FLAC, malformed transcript lines)."""
 
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,11 +48,11 @@ def test_manifests_match_what_was_written(corpus, tmp_path):
         assert table["ID"].tolist() == expected and len(expected) == 6
         for row in table.itertuples():
             t = truth[row.ID]
-            assert row.wav == str(root / split / t["spk"] / t["chapter"] / f"{row.ID}.flac")
+            assert row.wav == f"$data_root/{split}/{t['spk']}/{t['chapter']}/{row.ID}.flac"  # movable
             assert row.spk_id == t["spk"] and row.ID.startswith(f"{t['spk']}-{t['chapter']}-")
             assert len(row.ID.split("-")[2]) == 4 and row.wrd == t["words"]
             assert float(row.duration) == pytest.approx(len(t["audio"]) / 16000, abs=5e-4)
-            audio, rate = soundfile.read(row.wav, dtype="int16")
+            audio, rate = soundfile.read(row.wav.replace("$data_root", str(root)), dtype="int16")
             assert rate == 16000 and np.array_equal(audio, t["audio"])
     # speakers are per split, as in LibriSpeech
     speakers = {s: set(pd.read_csv(out[s], dtype=str)["spk_id"]) for s in (*TRAIN, "dev-clean", "test-clean")}
@@ -187,11 +188,9 @@ def test_audio_checks_run_once_and_are_reused_while_the_manifest_is_unchanged(co
 
     root, _ = corpus
     csv = prepare_librispeech(root, tmp_path, **SPLITS)["train"]
-    rows = read_manifest(csv)
-    rows[1]["wav"] = str(tmp_path / "gone.flac")
     with open(csv, "a") as handle:  # the manifest now holds a row whose audio is missing
         handle.write(f"extra-0-0,1.0,{tmp_path / 'gone.flac'},1,ONE\n")
-    rows = read_manifest(csv)
+    rows = read_manifest(csv, replacements={"data_root": root})
     checked = []
     real = validation.audio_problem
     monkeypatch.setattr(validation, "audio_problem", lambda wav, *a: checked.append(wav) or real(wav, *a))
@@ -205,5 +204,34 @@ def test_audio_checks_run_once_and_are_reused_while_the_manifest_is_unchanged(co
     checked.clear()
     with open(csv, "a") as handle:
         handle.write(f"extra-0-1,1.0,{rows[0]['wav']},1,TWO\n")
-    again = validation.cached_audio_problems(csv, read_manifest(csv), level="header")
+    again = validation.cached_audio_problems(csv, read_manifest(csv, replacements={"data_root": root}))
     assert len(checked) == len(rows) + 1 and again == first
+    checked.clear()
+    validation.cached_audio_problems(csv, rows, data_root="/moved/corpus")  # another corpus folder: again
+    assert len(checked) == len(rows)
+
+
+def test_manifest_paths_relative_to_data_root_so_a_prepared_corpus_can_move(corpus, tmp_path, caplog):
+    """Prepared once, the corpus and its manifests move to another folder: preparation is not redone, and
+    SpeechBrain's DynamicItemDataset.from_csv (and read_manifest) find every file under the new folder."""
+    import speechbrain as sb
+
+    from dld_brain.data.manifest import read_manifest
+
+    first = tmp_path / "disk1"
+    shutil.copytree(corpus[0], first / "LibriSpeech")
+    out = prepare_librispeech(first, first / "prepared", **SPLITS)  # the parent of LibriSpeech/
+    assert all(w.startswith("$data_root/LibriSpeech/") for w in pd.read_csv(out["train"])["wav"])
+    moved = tmp_path / "disk2"
+    shutil.move(first, moved)
+    with caplog.at_level(logging.INFO, logger="dld_brain.data.librispeech"):
+        again = prepare_librispeech(moved, moved / "prepared", **SPLITS)
+    assert "up to date; skipping preparation" in caplog.text
+    data = sb.dataio.dataset.DynamicItemDataset.from_csv(again["test-clean"], replacements={"data_root": moved})
+    wavs = [data.data[i]["wav"] for i in data.data_ids]
+    assert len(wavs) == 6 and all(w.startswith(str(moved / "LibriSpeech" / "test-clean")) for w in wavs)
+    assert all(Path(w).is_file() for w in wavs)
+    assert [r["wav"] for r in read_manifest(again["test-clean"], replacements={"data_root": moved})] == wavs
+    with pytest.raises(DataPrepError, match=r"test-clean.csv: row .* relative to \$data_root .* pass the corpus "
+                                            r"folder \(data_folder\)"):
+        read_manifest(again["test-clean"], replacements={})

@@ -26,7 +26,8 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, merge_manifests, write_manifest
+from dld_brain.data.manifest import (DataPrepError, PrepMarker, audio_info, merge_manifests, root_relative,
+                                     write_manifest)
 from dld_brain.data.text import normalize_transcript
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,9 @@ def read_headers(files: Sequence[Path], process_count: Optional[int] = None
                              progress_bar_kwargs={"desc": "LibriSpeech headers", "smoothing": 0.02}))
 
 
-def _split_rows(split_dir: Path, on_missing: str, limit: Optional[int]) -> list[dict]:
-    """Manifest rows of one split, sorted by ID, applying the ``on_missing`` rule."""
+def _split_rows(split_dir: Path, on_missing: str, limit: Optional[int], data_root: Path) -> list[dict]:
+    """Manifest rows of one split, sorted by ID, applying the ``on_missing`` rule; paths relative to
+    ``data_root`` (``$data_root/...``)."""
     problems: dict[str, list[str]] = {"transcript lines without audio": [], "flac files without transcript": [],
                                       "unreadable flac files": []}
     usable: list[tuple[Utterance, Path]] = []
@@ -143,7 +145,7 @@ def _split_rows(split_dir: Path, on_missing: str, limit: Optional[int]) -> list[
         if reason is not None:
             problems["unreadable flac files"].append(f"{flac.relative_to(split_dir)} is unreadable ({reason})")
             continue
-        rows.append({"ID": u.utt, "duration": f"{duration:.3f}", "wav": str(flac.absolute()),
+        rows.append({"ID": u.utt, "duration": f"{duration:.3f}", "wav": root_relative(flac, data_root),
                      "spk_id": u.utt.split("-")[0], "wrd": normalize_transcript(u.text)})
     _report(split_dir, problems, on_missing)
     return rows
@@ -170,8 +172,10 @@ def prepare_librispeech(
     """Write ``<save_folder>/<split>.csv`` per split and ``<merge_train_name>.csv`` (all tr_splits).
 
     ``data_folder`` is the ``LibriSpeech`` folder or its parent. ``select_n_sentences`` keeps the first
-    N utterances (by ID) of each split, for debugging. Idempotent: a rerun with the same options whose
-    manifests still exist does nothing. Returns ``{split or merge_train_name: csv path}``.
+    N utterances (by ID) of each split, for debugging. Audio paths are ``$data_root/...`` relative to
+    ``data_folder`` (read with ``replacements={"data_root": data_folder}``), so the corpus and the manifests
+    can move together. Idempotent: a rerun with the same options whose manifests still exist does nothing
+    (wherever the corpus now is). Returns ``{split or merge_train_name: csv path}``.
     """
     if on_missing not in ON_MISSING:
         raise DataPrepError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
@@ -187,7 +191,7 @@ def prepare_librispeech(
     if tr_splits:
         outputs[merge_train_name] = save_folder / f"{merge_train_name}.csv"
     marker = PrepMarker(save_folder, "librispeech", dict(
-        root=str(root.absolute()), tr=list(tr_splits), dev=list(dev_splits), te=list(te_splits),
+        root=root.relative_to(data_folder).as_posix(), tr=list(tr_splits), dev=list(dev_splits), te=list(te_splits),
         n=select_n_sentences, merge=merge_train_name, on_missing=on_missing))
     if marker.done(list(outputs.values())):
         logger.info("LibriSpeech manifests in %s are up to date; skipping preparation", save_folder)
@@ -195,7 +199,7 @@ def prepare_librispeech(
     for split in splits:
         _check_split_dir(root, split)
     for split in splits:
-        rows = _split_rows(root / split, on_missing, select_n_sentences)
+        rows = _split_rows(root / split, on_missing, select_n_sentences, data_folder)
         if not rows:
             raise DataPrepError(f"no usable utterances in {root / split}")
         write_manifest(outputs[split], rows)

@@ -3,6 +3,11 @@
 Every preparation script writes its manifests through :func:`write_manifest` (atomic, validated) and
 uses :class:`PrepMarker` to skip work that was already done with the same options (idempotent prep);
 corpora downloaded as archives go through :func:`downloaded_archive` (pinned sha256, safe extraction).
+
+Audio paths are written relative to the corpus folder as ``$data_root/<path>`` (:func:`root_relative`),
+SpeechBrain's convention: readers substitute the folder where the corpus is now
+(``DynamicItemDataset.from_csv(csv, replacements={"data_root": data_folder})``, or :func:`read_manifest`
+with ``replacements``), so a prepared corpus and its manifests can move to another disk or machine.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +27,8 @@ import soundfile
 from dld_brain.safe_files import download, safe_extract
 
 MANIFEST_FIELDS = ("ID", "duration", "wav", "spk_id", "wrd")
+DATA_ROOT = "$data_root"
+_VARIABLE = re.compile(r"\$([\w.]+)")
 
 
 class DataPrepError(RuntimeError):
@@ -105,8 +113,37 @@ def write_manifest(
     return count
 
 
-def read_manifest(path: str | os.PathLike, required: Sequence[str] = MANIFEST_FIELDS) -> list[dict]:
-    """Read a manifest CSV into a list of dicts; raise DataPrepError if it is missing, empty or malformed."""
+def root_relative(path: str | os.PathLike, data_root: str | os.PathLike) -> str:
+    """``$data_root/<path relative to data_root>`` (POSIX separators); the absolute path when ``path`` is not
+    inside ``data_root``."""
+    try:
+        return f"{DATA_ROOT}/{Path(path).relative_to(data_root).as_posix()}"
+    except ValueError:
+        return str(Path(path).absolute())
+
+
+def substitute(rows: list[dict], replacements: Mapping[str, object], source: str | os.PathLike) -> list[dict]:
+    """Replace ``$name`` in every value of ``rows`` (in place), as SpeechBrain's ``load_data_csv`` does;
+    DataPrepError naming the manifest and the variable when a value needs one that is not given."""
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, str) and "$" in value:
+                try:
+                    row[key] = _VARIABLE.sub(lambda m: str(replacements[m[1]]), value)
+                except KeyError as err:
+                    raise DataPrepError(
+                        f"Manifest {source}: row {row.get('ID')} has a path relative to ${err.args[0]} "
+                        f"({value!r}) but no folder was given for it: pass the corpus folder (data_folder)"
+                    ) from None
+    return rows
+
+
+def read_manifest(path: str | os.PathLike, required: Sequence[str] = MANIFEST_FIELDS,
+                  replacements: Optional[Mapping[str, object]] = None) -> list[dict]:
+    """Read a manifest CSV into a list of dicts; raise DataPrepError if it is missing, empty or malformed.
+
+    With ``replacements`` (e.g. ``{"data_root": data_folder}``) ``$data_root`` in the paths is substituted
+    (:func:`substitute`); without, the rows are returned as written."""
     path = Path(path)
     if not path.is_file():
         raise DataPrepError(f"Manifest not found: {path}. Run the recipe's data preparation first.")
@@ -119,7 +156,7 @@ def read_manifest(path: str | os.PathLike, required: Sequence[str] = MANIFEST_FI
         rows = list(reader)
     if not rows:
         raise DataPrepError(f"Manifest {path} has no rows.")
-    return rows
+    return substitute(rows, replacements, path) if replacements is not None else rows
 
 
 class PrepMarker:

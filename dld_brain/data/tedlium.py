@@ -7,8 +7,9 @@ The .sph files are NIST SPHERE, 16 kHz 16-bit PCM, read by soundfile (libsndfile
 ``AaronHuey_2010X 1 AaronHuey_2010X 8.99 19.91 <o,f0,male> i 'm going to ...``; ``;;`` lines are comments.
 
 Manifests have the columns ``ID, duration, wav, start, stop, spk_id, wrd``: ``wav`` is the talk's .sph
-file and ``start``/``stop`` are sample indices (file rate) of the segment, so the training code reads
-``{"file": wav, "start": start, "stop": stop}`` and no audio is copied. ``ID`` is
+file (``$data_root/...``, relative to ``data_folder``) and ``start``/``stop`` are sample indices (file
+rate) of the segment, so the training code reads ``{"file": wav, "start": start, "stop": stop}`` and no
+audio is copied. ``ID`` is
 ``<talk>-<start cs>-<end cs>`` (times in centiseconds, 7 digits, Kaldi's convention); ``wrd`` is
 :func:`dld_brain.data.text.normalize_tedlium` of the text.
 
@@ -37,7 +38,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 
 import soundfile
 
-from dld_brain.data.manifest import DataPrepError, PrepMarker, write_manifest
+from dld_brain.data.manifest import DataPrepError, PrepMarker, root_relative, write_manifest
 from dld_brain.data.text import TEDLIUM_IGNORE, normalize_tedlium
 
 logger = logging.getLogger(__name__)
@@ -111,8 +112,9 @@ def _segment_id(seg: StmSegment, used: set[str]) -> str:
     return seg_id if seg_id not in used else f"{seg_id}-L{seg.line}"
 
 
-def _talk_rows(stm: Path, sph: Path, counts: dict[str, int], notes: dict[str, list[str]]) -> list[dict]:
-    """Manifest rows of one talk, in time order, applying the module's rules."""
+def _talk_rows(stm: Path, sph: Path, counts: dict[str, int], notes: dict[str, list[str]],
+               data_root: Path) -> list[dict]:
+    """Manifest rows of one talk, in time order, applying the module's rules (paths ``$data_root/...``)."""
     rate, total = sph_info(sph, stm)
     rows: list[dict] = []
     kept: set[tuple[int, int]] = set()
@@ -152,7 +154,7 @@ def _talk_rows(stm: Path, sph: Path, counts: dict[str, int], notes: dict[str, li
         last_stop = max(last_stop, stop)
         seg_id = _segment_id(seg, used)
         used.add(seg_id)
-        rows.append({"ID": seg_id, "duration": f"{(stop - start) / rate:.3f}", "wav": str(sph.absolute()),
+        rows.append({"ID": seg_id, "duration": f"{(stop - start) / rate:.3f}", "wav": root_relative(sph, data_root),
                      "start": start, "stop": stop, "spk_id": seg.speaker, "wrd": words})
     return rows
 
@@ -166,7 +168,7 @@ def _check_split(base: Path, split: str) -> None:
                                 f"{base}). Extract the release completely or remove {split!r} from the splits.")
 
 
-def _split_rows(base: Path, split: str, max_segments: Optional[int]) -> list[dict]:
+def _split_rows(base: Path, split: str, max_segments: Optional[int], data_root: Path) -> list[dict]:
     """Rows of one split (talks in name order); logs what the rules dropped, kept and clipped."""
     stm_dir, sph_dir = base / split / "stm", base / split / "sph"
     counts = dict.fromkeys(("ignored", "empty", "duplicate", "overlapping", "clipped", "bad_times"), 0)
@@ -174,7 +176,7 @@ def _split_rows(base: Path, split: str, max_segments: Optional[int]) -> list[dic
     stms = sorted(stm_dir.glob("*.stm"))
     rows: list[dict] = []
     for stm in stms:
-        rows += _talk_rows(stm, sph_dir / f"{stm.stem}.sph", counts, notes)
+        rows += _talk_rows(stm, sph_dir / f"{stm.stem}.sph", counts, notes, data_root)
         if max_segments is not None and len(rows) >= max_segments:
             rows = rows[:max_segments]
             break
@@ -205,7 +207,9 @@ def prepare_tedlium3(
     """Write ``<save_folder>/<split>.csv`` per split (rules in the module docstring). Returns {split: csv}.
 
     ``data_folder`` is ``TEDLIUM_release-3`` (or its parent); ``max_segments`` keeps the first N segments
-    of each split (debugging). Idempotent: a rerun with the same options whose manifests exist does nothing.
+    of each split (debugging). Audio paths are ``$data_root/...`` relative to ``data_folder`` (read with
+    ``replacements={"data_root": data_folder}``), so the release and the manifests can move together.
+    Idempotent: a rerun with the same options whose manifests exist does nothing (wherever the release is).
     """
     data_folder, save_folder = Path(data_folder), Path(save_folder)
     base = data_folder / release_subdir
@@ -215,14 +219,14 @@ def prepare_tedlium3(
         raise DataPrepError(f"TED-LIUM 3 folder not found: {base}. Pass --data_folder=<TEDLIUM_release-3> "
                             "(download from openslr.org/51)")
     outputs = {s: save_folder / f"{s}.csv" for s in splits}
-    marker = PrepMarker(save_folder, "tedlium3", dict(base=str(base.absolute()), splits=list(splits),
-                                                      n=max_segments, rules=3))
+    marker = PrepMarker(save_folder, "tedlium3", dict(base=base.relative_to(data_folder).as_posix(),
+                                                      splits=list(splits), n=max_segments, rules=3))
     if marker.done(list(outputs.values())):
         logger.info("TED-LIUM 3 manifests in %s are up to date; skipping preparation", save_folder)
         return outputs
     for split in splits:
         _check_split(base, split)
     for split in splits:
-        write_manifest(outputs[split], _split_rows(base, split, max_segments), TEDLIUM_FIELDS)
+        write_manifest(outputs[split], _split_rows(base, split, max_segments, data_folder), TEDLIUM_FIELDS)
     marker.mark()
     return outputs

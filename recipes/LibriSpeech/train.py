@@ -37,6 +37,7 @@ def add_cross_domain(hparams: dict) -> None:
     """Register TED-LIUM 3 test as a test set (evaluated with the LibriSpeech tokenizer)."""
     if hparams["tedlium_folder"]:
         hparams["test_csvs"]["tedlium3-test"] = str(Path(hparams["prep_folder"]) / "tedlium3" / "test.csv")
+        hparams.setdefault("data_roots", {})["tedlium3-test"] = hparams["tedlium_folder"]  # its $data_root
 
 
 if __name__ == "__main__":
