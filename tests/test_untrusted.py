@@ -22,15 +22,17 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
+import soundfile
 import torch
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 from speechbrain.lobes.features import Fbank
 from speechbrain.processing.features import InputNormalization
 
 from dld_brain.data import fsdd
+from dld_brain.data import speech_to_intent as s2i
 from dld_brain.data.manifest import DataPrepError, downloaded_archive
 from dld_brain.safe_files import (HashMismatchError, UnsafeArchiveError, UntrustedFileError, download,
-                                  is_safetensors, load_torch_file, load_weights, safe_extract)
+                                  is_safetensors, load_torch_file, load_weights, safe_extract, tree_digest)
 
 
 class WritesFile:
@@ -85,16 +87,128 @@ def test_untrusted_archive_with_wrong_hash_is_refused_and_nothing_extracted(tmp_
     assert leftovers(data) == []  # no download, no temp folder, nothing unpacked
 
 
-def test_untrusted_archive_without_pinned_hash_is_refused_with_the_hash_that_arrived(tmp_path, monkeypatch):
-    archive = zip_with(tmp_path / "release.zip", {"fsdd-x/recordings/0_theo_0.wav": b"RIFF"})
-    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, filename: shutil.copy(archive, filename))
-    monkeypatch.setattr(fsdd, "FSDD_SHA256", None)  # as shipped: the real archive's hash could not be obtained
+# The corpora are pinned by the content of the files kept from their GitHub archives (the archives' own
+# sha256 could not be computed where the code was written); a user-pinned archive sha256 is an override.
+FSDD_CLIPS = ("0_theo_0.wav", "1_theo_0.wav", "7_george_3.wav")
+FSDD_TOP = f"free-spoken-digit-dataset-{fsdd.FSDD_COMMIT}"
+
+
+def fsdd_release(path: Path, fsdd_dir: Path, tamper: str = "", extra: str = "") -> Path:
+    """A GitHub-style FSDD archive holding a few real clips (``tamper``: one with a changed byte; ``extra``:
+    one more wav in recordings/), plus files the download does not keep."""
+    members = {f"{FSDD_TOP}/README.md": b"readme", f"{FSDD_TOP}/recordings/notes.txt": b"not a wav"}
+    for name in FSDD_CLIPS:
+        data = bytearray((fsdd_dir / "recordings" / name).read_bytes())
+        if name == tamper:
+            data[-1] ^= 1  # one sample changed: same size, same header
+        members[f"{FSDD_TOP}/recordings/{name}"] = bytes(data)
+    if extra:
+        members[f"{FSDD_TOP}/recordings/{extra}"] = (fsdd_dir / "recordings" / extra).read_bytes()
+    return zip_with(path, members)
+
+
+@pytest.fixture
+def fsdd_pinned_to_clips(tmp_path, fsdd_dir, monkeypatch):
+    """FSDD's content pin set to the digest of FSDD_CLIPS (as the real pin is the digest of all 3000), no
+    archive sha256 pinned, and downloads served from ``tmp_path / "release.zip"``."""
+    clips = tmp_path / "clips"
+    (clips / "recordings").mkdir(parents=True)
+    for name in FSDD_CLIPS:
+        shutil.copy(fsdd_dir / "recordings" / name, clips / "recordings")
+    digest, count = tree_digest(clips, ["recordings"])
+    monkeypatch.setattr(fsdd, "FSDD_CONTENT_SHA256", digest)
+    monkeypatch.setattr(fsdd, "FSDD_CONTENT_FILES", count)
+    monkeypatch.setattr(fsdd, "FSDD_SHA256", None)
     monkeypatch.delenv("DLD_FSDD_SHA256", raising=False)
+    archive = tmp_path / "release.zip"
+    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, filename: shutil.copy(archive, filename))
+    return archive, digest
+
+
+def test_untrusted_fsdd_download_with_pinned_content_needs_no_archive_hash(tmp_path, fsdd_dir, fsdd_pinned_to_clips):
+    archive, _ = fsdd_pinned_to_clips
+    fsdd_release(archive, fsdd_dir)
+    root = fsdd.locate_fsdd(tmp_path / "data", download=True)
+    assert root == tmp_path / "data" and leftovers(root) == ["recordings"] + [f"recordings/{n}" for n in sorted(FSDD_CLIPS)]
+    for name in FSDD_CLIPS:  # only the wavs of recordings/ are kept, byte for byte
+        assert (root / "recordings" / name).read_bytes() == (fsdd_dir / "recordings" / name).read_bytes()
+
+
+@pytest.mark.parametrize("change", ["tampered", "extra"])
+def test_untrusted_fsdd_download_with_other_content_is_refused(tmp_path, fsdd_dir, fsdd_pinned_to_clips, change):
+    archive, pinned = fsdd_pinned_to_clips
+    fsdd_release(archive, fsdd_dir, **({"tamper": "1_theo_0.wav"} if change == "tampered" else {"extra": "2_lucas_9.wav"}))
     with pytest.raises(DataPrepError) as err:
         fsdd.locate_fsdd(tmp_path / "data", download=True)
     message = str(err.value)
-    assert "no sha256 is pinned" in message and sha(archive) in message and fsdd.FSDD_COMMIT in message
-    assert "DLD_FSDD_SHA256" in message and "\n" not in message and leftovers(tmp_path / "data") == []
+    got = re.search(rf"expected content digest {pinned} over 3 files, got ([0-9a-f]{{64}}) over (\d) files", message)
+    assert got and got.group(1) != pinned and "\n" not in message and "FSDD" in message and fsdd.FSDD_COMMIT in message
+    assert got.group(2) == ("3" if change == "tampered" else "4")
+    assert ("some content differs" if change == "tampered" else "files missing or extra") in message
+    assert leftovers(tmp_path / "data") == []  # nothing unverified was put in place, no temp folder left
+
+
+def test_untrusted_fsdd_archive_hash_pinned_by_the_user_is_checked_before_unpacking(tmp_path, fsdd_dir,
+                                                                                   fsdd_pinned_to_clips, monkeypatch):
+    archive, _ = fsdd_pinned_to_clips
+    fsdd_release(archive, fsdd_dir)
+    monkeypatch.setenv("DLD_FSDD_SHA256", "0" * 64)
+    with pytest.raises(DataPrepError, match=f"expected sha256 {'0' * 64}, got {sha(archive)}"):
+        fsdd.locate_fsdd(tmp_path / "data", download=True)
+    assert leftovers(tmp_path / "data") == []
+
+
+def test_untrusted_fsdd_content_pin_is_the_shared_copy(fsdd_dir):
+    """The pin is the digest of the real recordings (our copy of FSDD commit FSDD_COMMIT, see its SOURCE.md)."""
+    assert tree_digest(fsdd_dir, ["recordings"]) == (fsdd.FSDD_CONTENT_SHA256, fsdd.FSDD_CONTENT_FILES)
+
+
+def test_untrusted_speech_to_intent_content_pin_is_the_shared_copy():
+    """The pin is the digest of the real coffee orders (audio/*.flac decoded + labels.csv, see SOURCE.md)."""
+    folder = SHARED_DATA / "speech_to_intent"
+    if not (folder / "labels.csv").is_file():
+        pytest.skip(f"real audio not found at {folder}")
+    assert tree_digest(folder, s2i.S2I_CONTENT_MEMBERS, s2i.audio_digest) == \
+        (s2i.S2I_CONTENT_SHA256, s2i.S2I_CONTENT_FILES)
+
+
+def test_untrusted_speech_to_intent_download_verifies_what_it_builds(tmp_path, monkeypatch):
+    if not (SHARED_DATA / "speech_to_intent" / "labels.csv").is_file():
+        pytest.skip("real coffee orders not found")
+    from test_speech_to_intent_download import real_orders, release_zip
+
+    monkeypatch.delenv("DLD_S2I_SHA256", raising=False)
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    orders = real_orders(3)
+    good = release_zip(tmp_path / "good", orders)
+    # the pin for this fixture: what a download with the fixture's archive sha256 (the override) builds
+    reference = tmp_path / "reference"
+    s2i.download_speech_to_intent(reference, good.as_uri(), sha(good))
+    digest, count = tree_digest(reference, s2i.S2I_CONTENT_MEMBERS, s2i.audio_digest)
+    assert count == len(orders) + 1
+    monkeypatch.setattr(s2i, "S2I_CONTENT_SHA256", digest)
+    monkeypatch.setattr(s2i, "S2I_CONTENT_FILES", count)
+    found = s2i.locate_speech_to_intent(tmp_path / "data", download=True, url=good.as_uri())  # no archive hash
+    assert leftovers(found) == leftovers(reference)
+    assert (found / "labels.csv").read_bytes() == (reference / "labels.csv").read_bytes()
+
+    bad = release_zip(tmp_path / "bad", orders)
+    with zipfile.ZipFile(bad) as zf:  # the same release with one order's audio made louder
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    name = next(n for n in members if n.endswith(f"{orders[0]['id']}.wav"))
+    wav = tmp_path / "loud.wav"
+    wav.write_bytes(members[name])
+    sig, rate = soundfile.read(str(wav), dtype="int16")
+    soundfile.write(str(wav), (sig // 2) * 2 + 1, rate, subtype="PCM_16")
+    members[name] = wav.read_bytes()
+    zip_with(bad, members)
+    with pytest.raises(DataPrepError) as err:
+        s2i.locate_speech_to_intent(tmp_path / "data2", download=True, url=bad.as_uri())
+    message = str(err.value)
+    assert f"expected content digest {digest} over {count} files, got" in message and "Speech-to-Intent" in message
+    assert "some content differs" in message and "\n" not in message
+    assert leftovers(tmp_path / "data2") == []
 
 
 def test_untrusted_archive_with_the_pinned_hash_unpacks(tmp_path):

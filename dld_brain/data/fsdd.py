@@ -27,6 +27,7 @@ import torch
 import torchaudio
 
 from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, downloaded_archive, write_manifest
+from dld_brain.safe_files import verify_tree
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,15 @@ TAKES = 50  # takes per digit and speaker; held out: 0-24 valid, 25-49 test
 #: The release pinned by commit (the one our local copy was made from; a tag can move).
 FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
 FSDD_URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{FSDD_COMMIT}.zip"
-#: sha256 of the archive at FSDD_URL. Not pinned yet: it could not be fetched where this code was written (no
-#: access to GitHub there), and a value not computed from the real file is not written here. Until it is,
-#: the download is refused with the sha256 that arrived; a user who has checked that value pins it here or
-#: in the environment variable DLD_FSDD_SHA256.
+#: What the download must hold: the content digest (:func:`dld_brain.safe_files.tree_digest`) of the 3000
+#: ``recordings/*.wav`` kept from the archive at FSDD_URL, computed from our copy of that commit
+#: (``tests/test_untrusted.py`` recomputes it from the copy in ../shared/data/fsdd). The archive's own sha256
+#: could not be obtained where this was written (no GitHub access) and GitHub does not promise stable archive
+#: bytes, so the kept files are what is pinned; they are checked before anything is put in place.
+FSDD_CONTENT_SHA256 = "baa3a6dcf4da47fb3075bec71a8cefb512022cb9ae030a79a31b315f37bc67af"
+FSDD_CONTENT_FILES = 3000
+#: Optional sha256 of the archive itself (also ``$DLD_FSDD_SHA256``); when given it is checked before
+#: unpacking and replaces the content check (to use another release on purpose).
 FSDD_SHA256: Optional[str] = None
 SPLITS = ("train", "valid", "test")
 PREP_VERSION = 2  # bump when the generated audio or manifests change, so old preps are redone
@@ -67,24 +73,36 @@ def _fsdd_root(folder: Path) -> Optional[Path]:
     return None
 
 
-def download_fsdd(data_folder: str | os.PathLike, url: str = FSDD_URL, sha256: Optional[str] = None) -> Path:
-    """Download the FSDD release zip, check its sha256 (``sha256``, else ``$DLD_FSDD_SHA256``, else
-    FSDD_SHA256; none = refused) and keep only its ``recordings/`` as ``data_folder/recordings``.
+def _kept_member(member: str) -> bool:
+    """Archive members kept: ``<top>/recordings/`` and the wavs directly in it."""
+    parts = member.rstrip("/").split("/")
+    return parts[1:2] == ["recordings"] and (len(parts) == 2 or (len(parts) == 3 and parts[2].endswith(".wav")))
 
-    Works in a hidden temp folder and renames at the end, so a killed download never looks complete.
+
+def download_fsdd(data_folder: str | os.PathLike, url: str = FSDD_URL, sha256: Optional[str] = None) -> Path:
+    """Download the FSDD release zip and keep only its ``recordings/*.wav`` as ``data_folder/recordings``.
+
+    Verified before anything is put in place: with an archive sha256 (``sha256``, else ``$DLD_FSDD_SHA256``,
+    else FSDD_SHA256) the archive is checked before it is unpacked; otherwise the kept wavs, safely extracted
+    into a hidden temp folder, must have the pinned content digest FSDD_CONTENT_SHA256. A mismatch is one line
+    (:class:`dld_brain.safe_files.HashMismatchError`) and leaves nothing; the final rename means a killed
+    download never looks complete.
     """
     data_folder = Path(data_folder).absolute()
     target = data_folder / "recordings"
     if target.exists() and any(target.iterdir()):
         raise DataPrepError(f"{target} exists but holds no FSDD wavs; remove it or pass another --data_folder")
     logger.info("Downloading FSDD from %s into %s", url, data_folder)
-    # members look like free-spoken-digit-dataset-1.0.10/recordings/x.wav
+    # members look like free-spoken-digit-dataset-<commit>/recordings/x.wav
     sha256 = sha256 or os.environ.get("DLD_FSDD_SHA256") or FSDD_SHA256
-    with downloaded_archive(url, data_folder, lambda m: m.split("/")[1:2] == ["recordings"],
-                            ".fsdd_download_", sha256, "set it in DLD_FSDD_SHA256") as root:
+    with downloaded_archive(url, data_folder, _kept_member, ".fsdd_download_", sha256,
+                            "set it in DLD_FSDD_SHA256", content_pinned=True) as root:
         extracted = [p for p in root.glob("*/recordings") if _holds_fsdd(p)]
         if not extracted:
             raise DataPrepError(f"the archive from {url} has no recordings/*.wav")
+        if not sha256:
+            verify_tree(extracted[0].parent, ["recordings"], FSDD_CONTENT_SHA256, FSDD_CONTENT_FILES,
+                        f"FSDD (commit {FSDD_COMMIT}) downloaded from {url}")
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.replace(extracted[0], target)

@@ -38,12 +38,13 @@ class DataPrepError(RuntimeError):
 @contextlib.contextmanager
 def downloaded_archive(url: str, data_folder: str | os.PathLike, keep: Callable[[str], bool],
                        prefix: str = ".download_", sha256: Optional[str] = None,
-                       how_to_pin: str = "pin it") -> Iterator[Path]:
+                       how_to_pin: str = "pin it", content_pinned: bool = False) -> Iterator[Path]:
     """Download the archive (zip or tar) at ``url`` into a hidden temp folder inside ``data_folder``, check
-    its ``sha256`` (pinned by the caller; none pinned = refused), and yield the folder its members accepted
-    by ``keep(name)`` were extracted to; the temp folder is removed afterwards.
+    its ``sha256`` (pinned by the caller; none pinned = refused, unless ``content_pinned``: the caller checks
+    the kept files with :func:`dld_brain.safe_files.verify_tree` before moving anything out), and yield the
+    folder its members accepted by ``keep(name)`` were extracted to; the temp folder is removed afterwards.
 
-    Nothing is unpacked unless the hash matches, and nothing at all if any member is absolute, has a ``..``
+    Nothing is unpacked unless a given hash matches, and nothing at all if any member is absolute, has a ``..``
     component or is a link leaving the folder (:func:`dld_brain.safe_files.safe_extract`). The caller moves
     the finished files into place with ``os.replace`` (same file system), the file that marks the copy
     complete last, so a killed download never looks complete.
@@ -53,7 +54,7 @@ def downloaded_archive(url: str, data_folder: str | os.PathLike, keep: Callable[
     tmp = Path(tempfile.mkdtemp(dir=data_folder, prefix=prefix))
     try:
         archive = download(url, tmp / "archive", sha256, what=f"the archive downloaded from {url}",
-                           how_to_pin=how_to_pin)
+                           how_to_pin=how_to_pin, require_sha256=not content_pinned)
         yield safe_extract(archive, tmp / "extracted", keep)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ else it is empty. Manifests: ``train/valid/test.csv`` with ``ID, duration, wav, 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import soundfile
 
 from dld_brain.data.fsc import SLU_FIELDS, SPLITS
 from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, downloaded_archive, write_manifest
+from dld_brain.safe_files import sha256_of, verify_tree
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +40,29 @@ PREP_VERSION = 1
 #: The public release (Apache-2.0) at the commit our local copy was made from.
 S2I_COMMIT = "47b1ca63afe4f08cb83e1f70fec16764879bd130"
 S2I_URL = f"https://github.com/Picovoice/speech-to-intent-benchmark/archive/{S2I_COMMIT}.zip"
-#: sha256 of the archive at S2I_URL. Not pinned yet: it could not be fetched where this code was written (no
-#: access to GitHub there), and a value not computed from the real file is not written here. Until it is,
-#: the download is refused with the sha256 that arrived; a user who has checked that value pins it here or
-#: in the environment variable DLD_S2I_SHA256.
+#: What the download must build: the content digest (:func:`dld_brain.safe_files.tree_digest`, audio
+#: digested by :func:`audio_digest`) of ``audio/*.flac`` + ``labels.csv`` built from the archive at S2I_URL,
+#: computed from our copy of that commit (``tests/test_untrusted.py`` recomputes it from the copy in
+#: ../shared/data/speech_to_intent). The archive's own sha256 could not be obtained where this was written (no
+#: GitHub access), so what we keep is pinned; it is checked before anything is put in place.
+S2I_CONTENT_SHA256 = "3e4e2dbe4fac050606d2a7499326b3124b686e640f106b364c54a31ed6c0f382"
+S2I_CONTENT_FILES = 620  # 619 orders + labels.csv
+S2I_CONTENT_MEMBERS = ("audio", "labels.csv")
+#: Optional sha256 of the archive itself (also ``$DLD_S2I_SHA256``); when given it is checked before
+#: unpacking and replaces the content check (to use another release on purpose).
 S2I_SHA256: Optional[str] = None
 SLOT_COLUMNS = ("coffeeDrink", "size", "roast", "numberOfShots", "milkAmount", "sugarAmount")
+
+
+def audio_digest(path: Path) -> str:
+    """sha256 of a file, over the decoded 16-bit samples (with rate, channels, frames) for FLAC: the pinned
+    content is the audio, not the encoder's metadata or compression, which depend on the libsndfile version."""
+    if path.suffix != ".flac":
+        return sha256_of(path)
+    sig, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+    digest = hashlib.sha256(f"{rate} {sig.shape[1]} {sig.shape[0]}\n".encode())
+    digest.update(np.ascontiguousarray(sig, dtype="<i2").tobytes())
+    return digest.hexdigest()
 
 
 def trim_span(sig: np.ndarray, sample_rate: int, threshold_db: float = -30.0, margin_s: float = 0.3,
@@ -73,10 +92,10 @@ def build_from_release(release: Path, target: Path) -> int:
             missing.append(name)
             continue
         utt = Path(name).stem
-        sig, rate = soundfile.read(str(wav), dtype="float32")
+        sig, rate = soundfile.read(str(wav), dtype="int16")  # 16-bit PCM, kept exactly (no float round trip)
         if sig.ndim > 1:
-            sig = sig.mean(axis=1)
-        start, stop = trim_span(sig, rate)
+            sig = np.round(sig.mean(axis=1)).astype(np.int16)
+        start, stop = trim_span(sig.astype(np.float32) / 32768.0, rate)
         soundfile.write(str(target / "audio" / f"{utt}.flac"), sig[start:stop], rate, format="FLAC")
         slots = {k: str(v).strip() for k, v in (label.get("slots") or {}).items()}
         rows.append({"id": utt, "path": f"audio/{utt}.flac", "duration": f"{(stop - start) / rate:.3f}",
@@ -97,10 +116,13 @@ def build_from_release(release: Path, target: Path) -> int:
 
 def download_speech_to_intent(data_folder: str | os.PathLike, url: str = S2I_URL,
                               sha256: Optional[str] = None) -> Path:
-    """Download the Picovoice release archive, check its sha256 (``sha256``, else ``$DLD_S2I_SHA256``, else
-    S2I_SHA256; none = refused) and build ``data_folder/{labels.csv,audio/}`` from it.
+    """Download the Picovoice release archive and build ``data_folder/{labels.csv,audio/}`` from it.
 
-    Works in a hidden temp folder and renames at the end, so a killed download never looks complete.
+    Verified before anything is put in place: with an archive sha256 (``sha256``, else ``$DLD_S2I_SHA256``,
+    else S2I_SHA256) the archive is checked before it is unpacked; otherwise what is built from it in a hidden
+    temp folder must have the pinned content digest S2I_CONTENT_SHA256. A mismatch is one line
+    (:class:`dld_brain.safe_files.HashMismatchError`) and leaves nothing; the final renames (labels.csv last)
+    mean a killed download never looks complete.
     """
     data_folder = Path(data_folder).absolute()
     if (data_folder / "labels.csv").exists() or (data_folder / "audio").exists():
@@ -112,12 +134,16 @@ def download_speech_to_intent(data_folder: str | os.PathLike, url: str = S2I_URL
         return member.split("/")[1:4] == ["data", "speech", "clean"] or member.endswith("data/label/label.json")
 
     sha256 = sha256 or os.environ.get("DLD_S2I_SHA256") or S2I_SHA256
-    with downloaded_archive(url, data_folder, keep, ".s2i_download_", sha256, "set it in DLD_S2I_SHA256") as root:
+    with downloaded_archive(url, data_folder, keep, ".s2i_download_", sha256, "set it in DLD_S2I_SHA256",
+                            content_pinned=True) as root:
         releases = [p for p in root.glob("*") if (p / "data" / "label" / "label.json").is_file()]
         if not releases:
             raise DataPrepError(f"the archive from {url} has no data/label/label.json")
         built = root.parent / "built"
         count = build_from_release(releases[0], built)
+        if not sha256:
+            verify_tree(built, S2I_CONTENT_MEMBERS, S2I_CONTENT_SHA256, S2I_CONTENT_FILES,
+                        f"Speech-to-Intent coffee orders (commit {S2I_COMMIT}) downloaded from {url}", audio_digest)
         os.replace(built / "audio", data_folder / "audio")
         os.replace(built / "labels.csv", data_folder / "labels.csv")  # last: marks the copy complete
         logger.info("Speech-to-Intent: %d orders written to %s", count, data_folder)
