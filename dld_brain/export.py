@@ -5,8 +5,9 @@
 follows SpeechBrain's ``<loadable>.ckpt`` convention), ``normalize.ckpt`` and, for a CTC model,
 ``tokenizer.ckpt`` (the SentencePiece model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label
 encoder; SpeechBrain's Pretrainer looks for ``<name>.ckpt``). A CTC bundle also carries its decoder
-(``decoder``: beam size, LM weight, word score; ``lexicon.txt`` / ``lm.arpa`` when used) and the ``encoder`` /
-``decoding_function`` entries that let SpeechBrain's own ``EncoderASR.from_hparams(source=...)`` load it. Load it with
+(``decoder``: beam size, LM weight, word score; the lexicon and KenLM files as ``lexicon_file.ckpt`` /
+``lm_file.ckpt`` when used) and the ``encoder`` / ``decoding_function`` entries that let SpeechBrain's own
+``EncoderASR.from_hparams(source=...)`` load it. Load it with
 ``dld_brain.inference.DynamicDepthASR.from_hparams(source=...)`` (transcription) or
 ``DynamicDepthClassifier`` (intent classification). Paths inside are relative to the folder, so the bundle
 can be moved or uploaded as is.
@@ -25,6 +26,8 @@ from dld_brain.safe_files import save_weights
 from dld_brain.decoding import DECODER_DEFAULTS, DecoderConfigError, decoder_settings, resolve_lexicon
 
 INFERENCE_YAML = "inference.yaml"
+#: the same text under the file name SpeechBrain's ``EncoderASR.from_hparams(source=...)`` reads by default
+STOCK_YAML = "hyperparams.yaml"
 
 _TEMPLATE = """# Inference bundle written by dld_brain.export: load with
 #   from dld_brain.inference import {interface}
@@ -130,7 +133,7 @@ def decoding_yaml(decoder: Optional[dict]) -> dict:
     files, loadables, paths = "", "", ""
     refs = {"lexicon": "null", "lm": "null"}
     for key, name in (("lexicon", decoder["lexicon"]), ("lm", decoder["lm_path"])):
-        if name:
+        if name:  # SpeechBrain's Pretrainer collects a loadable as <key>.ckpt: the file has that name
             files += f"{key}_file: !new:dld_brain.decoding.BundleFile\n"
             loadables += f"\n        {key}_file: !ref <{key}_file>"
             paths += f"\n        {key}_file: {name}"
@@ -160,8 +163,9 @@ def inference_yaml(hparams: dict, model_config: dict, model_class: str = "dld_br
 
 
 def bundle_decoder(hparams: dict, tokenizer_file: Union[str, Path], folder: Path) -> dict:
-    """Copy the recipe's decoding files into the bundle (``lexicon.txt``: from ``lexicon: auto`` = the
-    training words, or the given file; ``lm`` + its suffix) and return the bundle's decoder settings."""
+    """Copy the recipe's decoding files into the bundle (``lexicon_file.ckpt``: the lexicon, from
+    ``lexicon: auto`` = the training words, or the given file; ``lm_file.ckpt``: the KenLM model, ARPA or
+    binary) and return the bundle's decoder settings."""
     import sentencepiece
 
     settings = decoder_settings(hparams)
@@ -169,15 +173,17 @@ def bundle_decoder(hparams: dict, tokenizer_file: Union[str, Path], folder: Path
         return dict(settings, beam_size=0, lexicon=None, lm_path=None)
     tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_file))
     lexicon = resolve_lexicon(hparams, tokenizer, folder)
-    if lexicon is not None and Path(lexicon).resolve() != (folder / "lexicon.txt").resolve():
-        shutil.copyfile(lexicon, folder / "lexicon.txt")
+    if lexicon is not None:
+        shutil.copyfile(lexicon, folder / "lexicon_file.ckpt")
+        if Path(lexicon).parent.resolve() == folder.resolve():
+            Path(lexicon).unlink()
     lm = settings["lm_path"]
     if lm:
         if not Path(lm).is_file():
             raise DecoderConfigError(f"lm_path: {lm} does not exist (a KenLM .arpa or .bin file)")
-        shutil.copyfile(lm, folder / f"lm{Path(lm).suffix or '.arpa'}")
-    return dict(settings, lexicon="lexicon.txt" if lexicon is not None else None,
-                lm_path=f"lm{Path(lm).suffix or '.arpa'}" if lm else None)
+        shutil.copyfile(lm, folder / "lm_file.ckpt")
+    return dict(settings, lexicon="lexicon_file.ckpt" if lexicon is not None else None,
+                lm_path="lm_file.ckpt" if lm else None)
 
 
 def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[str, Path],
@@ -192,7 +198,9 @@ def write_inference_bundle(hparams: dict, modules: dict, output_map_file: Union[
     # a model whose constructor arguments need the network (e.g. a hub WavLM) says how to rebuild it offline
     config = model.bundle_config() if hasattr(model, "bundle_config") else model.config
     decoder = bundle_decoder(hparams, output_map_file, folder) if kind == "ctc" else None
-    (folder / INFERENCE_YAML).write_text(inference_yaml(hparams, config, model_class, kind, decoder))
+    text = inference_yaml(hparams, config, model_class, kind, decoder)
+    (folder / INFERENCE_YAML).write_text(text)
+    (folder / STOCK_YAML).write_text(text)  # the name SpeechBrain's from_hparams looks for by default
     save_weights(model.state_dict(), folder / "model.ckpt")  # safetensors: cannot carry code
     normalize = modules["normalize"]
     if hasattr(normalize, "_save"):  # SpeechBrain's InputNormalization: its own statistics format

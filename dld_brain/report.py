@@ -25,10 +25,18 @@ def load_sweeps(csv_paths: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def wer_table(sweeps: pd.DataFrame, metric: str = "WER") -> pd.DataFrame:
-    """Rows: (test set, depth, executed encoder params); columns: methods in input order; values: ``metric``."""
+    """Rows: (test set, depth, executed encoder params); columns: methods in input order; values: ``metric``
+    (greedy decoding), then ``<method> beam`` columns of ``<metric>_beam`` for the sweeps that have it."""
     order = list(dict.fromkeys(sweeps["method"]))
     table = sweeps.pivot_table(index=["test_set", "depth"], columns="method", values=metric, aggfunc="first")
     table = table[order].reset_index()
+    beam_key = f"{metric}_beam"
+    if beam_key in sweeps.columns and sweeps[beam_key].notna().any():
+        beam = sweeps.pivot_table(index=["test_set", "depth"], columns="method", values=beam_key, aggfunc="first")
+        beam_order = [m for m in order if m in beam.columns]
+        beam = beam[beam_order].rename(columns={m: f"{m} beam" for m in beam_order}).reset_index()
+        table = table.merge(beam, on=["test_set", "depth"], how="left")
+        order = order + [f"{m} beam" for m in beam_order]
     params = sweeps.groupby(["test_set", "depth"])["encoder_params"].first().reset_index()
     table = table.merge(params, on=["test_set", "depth"])
     table["encoder_params"] = (table["encoder_params"] / 1e6).round(2)
@@ -75,8 +83,11 @@ def write_comparison(csv_paths: Sequence[str | Path], output_folder: str | Path,
     table = wer_table(sweeps, metric)
     table.to_csv(output_folder / f"{name}.csv", index=False)
     md = output_folder / f"{name}.md"
+    beam = any(str(c).endswith(" beam") for c in table.columns)
     md.write_text(f"{metric} (%) per depth; `depth` = encoder layers run, `enc. params` = executed encoder "
-                  f"parameters.\n\n" + markdown_table(table) + "\n")
+                  f"parameters" + ("; `<method>`: greedy decoding, `<method> beam`: the recipe's beam search "
+                                   "(dld_brain.decoding; FSDD: restricted to the digit words)" if beam else "")
+                  + ".\n\n" + markdown_table(table) + "\n")
     for test_set in sweeps["test_set"].unique():
         plot_wer_vs_params(sweeps, output_folder / f"{name}_{test_set}.png", test_set, metric)
     return md

@@ -123,3 +123,20 @@ def test_lexicon_with_kenlm_ngram_breaks_a_tie(sp, lexicon, tmp_path):
         assert decoder.decode(log_probs, torch.ones(1))[0] == [pair]
     with pytest.raises(DecoderConfigError, match="does not exist"):
         CTCDecoder(sp, beam_size=10, lexicon=lexicon, lm=tmp_path / "nope.arpa").decode(log_probs, torch.ones(1))
+
+
+def test_comparison_table_has_beam_columns_next_to_greedy(tmp_path):
+    """A sweep with WER_beam adds '<method> beam' columns to comparison.md (the README's beam column)."""
+    import pandas as pd
+
+    from dld_brain.report import write_comparison
+
+    paths = []
+    for method, shift in (("teacher", 0.0), ("dld", 5.0)):
+        paths.append(tmp_path / f"{method}.csv")
+        pd.DataFrame({"method": method, "test_set": "test", "depth": [1, 2], "layers": ["1", "0 1"],
+                      "WER": [50 + shift, 20 + shift], "WER_beam": [40 + shift, 10 + shift],
+                      "encoder_params": [100, 200], "total_params": [300, 400]}).to_csv(paths[-1], index=False)
+    text = write_comparison(paths, tmp_path / "out").read_text()
+    assert "| test_set | depth | enc. params (M) | teacher | dld | teacher beam | dld beam |" in text
+    assert "| test | 2 | 0.0 | 20.0 | 25.0 | 10.0 | 15.0 |" in text

@@ -41,8 +41,51 @@ def recipe_transcripts(brain, wavs, depth):
 def test_round_trip_same_transcripts_at_every_depth(trained, asr):  # noqa: F811
     root, _, dld = trained
     wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:6]
+    greedy = asr.make_decoder(beam_size=0)
     for depth in range(1, 5):
-        assert asr.transcribe_files(wavs, batch_size=1, depth=depth) == recipe_transcripts(dld, wavs, depth)
+        assert asr.transcribe_files(wavs, batch_size=1, depth=depth, decoder=greedy) == recipe_transcripts(
+            dld, wavs, depth)
+
+
+DIGIT_WORDS = {"ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"}
+
+
+def test_lexicon_bundle_transcripts_are_digit_words_at_every_depth(trained, asr):  # noqa: F811
+    """The FSDD bundle decodes with the digit-word lexicon by default: the tiny one-epoch model only ever
+    produces digit words, at every depth and batched."""
+    root, _, _ = trained
+    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:12]
+    assert asr.decoder.beam_size > 0 and asr.decoder.lexicon is not None
+    assert "ONE\tO N E" in (root / "dld" / "inference" / "lexicon_file.ckpt").read_text()
+    words = []
+    for depth in range(1, 5):
+        for text in asr.transcribe_files(wavs, batch_size=4, depth=depth):
+            assert set(text.split()) <= DIGIT_WORDS, (depth, text)
+            words += text.split()
+    assert words  # it does emit words
+    sweep = pd.read_csv(root / "dld" / "depth_sweep_test.csv")
+    assert {"WER", "WER_beam", "greedy_decode_ms", "beam_decode_ms"} <= set(sweep.columns)
+    assert (sweep["beam_decode_ms"] > 0).all() and (root / "dld" / "wer_test_n2_beam.txt").is_file()
+
+
+def test_encoder_asr_interop(trained, asr):  # noqa: F811
+    """The bundle is a stock SpeechBrain model: EncoderASR loads it and gives DynamicDepthASR's full-depth
+    transcripts (files and batches); transcribe_batch returns the same (words, tokens) pair."""
+    from speechbrain.inference.ASR import EncoderASR
+
+    root, _, _ = trained
+    bundle = root / "dld" / "inference"
+    stock = EncoderASR.from_hparams(source=str(bundle), savedir=str(bundle))
+    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:6]
+    ours = asr.transcribe_files(wavs, batch_size=1)
+    assert [stock.transcribe_file(w) for w in wavs] == ours
+    assert all(set(t.split()) <= DIGIT_WORDS for t in ours)
+    batch, lens = next(asr.padded_batches(wavs[:3], batch_size=3))
+    words, tokens = stock.transcribe_batch(batch, lens)
+    assert (words, tokens) == asr.transcribe_batch(batch, lens) == asr.transcribe_batch(batch, lens, depth=4)
+    assert asr.transcribe_batch(batch, lens, depth=1)[0] != [] and len(asr.transcribe_batch(batch, lens)[1]) == 3
+    assert type(stock.audio_normalizer).__name__ == "AudioNormalizer" == type(asr.audio_normalizer).__name__
+    assert stock.audio_normalizer.sample_rate == asr.hparams.sample_rate == asr.audio_normalizer.sample_rate
 
 
 def test_depth_changes_between_calls_and_budget_selection(asr, trained):  # noqa: F811
@@ -96,7 +139,18 @@ def test_cli_on_real_audio(trained, tmp_path):  # noqa: F811
     bad = subprocess.run([*cmd[:5], "--depth", "9", wavs[0]], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "depth 9 is out of range" in bad.stderr
     help_text = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, cwd=REPO).stdout
-    assert "--budget-ms" in help_text and "--depth" in help_text
+    assert "--budget-ms" in help_text and "--depth" in help_text and "--lexicon" in help_text
+    greedy = subprocess.run([*cmd[:5], "--beam", "0", *wavs], capture_output=True, text=True, cwd=REPO)
+    assert greedy.returncode == 0 and "greedy" in greedy.stderr and len(greedy.stdout.splitlines()) == len(wavs)
+    lex = tmp_path / "two.lex"
+    lex.write_text("ONE O N E\nTWO T W O\n")
+    only = subprocess.run([*cmd[:5], "--beam", "5", "--lexicon", str(lex), *wavs], capture_output=True,
+                          text=True, cwd=REPO)
+    assert only.returncode == 0, only.stderr
+    assert all(set(line.split("\t")[1].split()) <= {"ONE", "TWO"} for line in only.stdout.splitlines())
+    missing = subprocess.run([*cmd[:5], "--lm", str(tmp_path / "none.arpa"), wavs[0]], capture_output=True,
+                             text=True, cwd=REPO)
+    assert missing.returncode == 2 and "none.arpa does not exist" in missing.stderr
 
 
 def test_exported_onnx_and_torchscript_match_pytorch(asr, trained, tmp_path):  # noqa: F811
