@@ -21,13 +21,13 @@ it and never wraps it in DDP.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 import speechbrain as sb
 import torch
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.askd import AgreementRule, top1_agreement
@@ -37,7 +37,7 @@ from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
 from dld_brain.teacher import load_teacher
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 
 class NonFiniteLossError(RuntimeError):
@@ -329,7 +329,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         self.nonfinite_count += 1
         logger.warning("Non-finite loss at epoch %s step %d: step skipped (%d so far, patience %d)",
                        self.hparams.epoch_counter.current, self.step, self.nonfinite_count,
-                       self.nonfinite_patience)
+                       self.nonfinite_patience, main_process_only=False)
         if self.nonfinite_count > self.nonfinite_patience:
             raise NonFiniteLossError(
                 f"the loss was non-finite in {self.nonfinite_count} steps (patience {self.nonfinite_patience}); "

@@ -15,7 +15,6 @@ backbone, e.g. a DLD or RDsc :class:`~dld_brain.lobes.ConformerCTC`), ``normaliz
 
 from __future__ import annotations
 
-import logging
 import random
 from pathlib import Path
 from typing import Optional, Union
@@ -23,12 +22,13 @@ from typing import Optional, Union
 import speechbrain as sb
 import torch
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+from speechbrain.utils.logger import get_logger
 
 from dld_brain.brain import DynamicDepthCTCBrain
 from dld_brain.lobes.selector import BudgetError, SelectiveDepthModel, budget_loss, budget_tensor
 from dld_brain.teacher import find_checkpoint, load_module_checked
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 
 def load_backbone(modules: dict, checkpoint: Union[str, Path]) -> Path:

@@ -8,7 +8,6 @@ names what differs, then kept in eval mode with ``requires_grad=False`` outside 
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -16,8 +15,9 @@ from typing import Optional, Union
 import torch
 import yaml
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 _ENCODER_LAYER_KEY = re.compile(r"^encoder\.(?:.+?\.)?layers\.(\d+)\.")  # first layers.<i> after encoder.
 
