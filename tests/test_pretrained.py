@@ -190,3 +190,82 @@ def test_make_dynamic_is_idempotent():
     encoder = model.encoder
     assert make_dynamic(model).encoder is encoder
     assert dynamic_encoders(model) == [encoder]
+
+
+LOCAL_MODEL_YAML = """
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: 80
+normalizer: !new:speechbrain.processing.features.InputNormalization
+    norm_type: sentence  # a hub model's global statistics come with its files
+tokenizer: !new:sentencepiece.SentencePieceProcessor
+    model_file: {spm}
+Tencoder: !new:speechbrain.lobes.models.transformer.TransformerASR.EncoderWrapper
+    transformer: !ref <Transformer>
+encoder: !new:speechbrain.nnet.containers.LengthsCapableSequential
+    input_shape: [null, null, 80]
+    compute_features: !ref <compute_features>
+    normalize: !ref <normalizer>
+    cnn: !ref <CNN>
+    transformer_encoder: !ref <Tencoder>
+ctc_scorer: !new:speechbrain.decoders.scorer.CTCScorer
+    eos_index: 2
+    blank_index: 0
+    ctc_fc: !ref <ctc_lin>
+scorer: !new:speechbrain.decoders.scorer.ScorerBuilder
+    full_scorers: [!ref <ctc_scorer>]
+    weights:
+        ctc: 0.4
+decoder: !new:speechbrain.decoders.S2STransformerBeamSearcher
+    modules: [!ref <Transformer>, !ref <seq_lin>]
+    bos_index: 1
+    eos_index: 2
+    min_decode_ratio: 0.0
+    max_decode_ratio: 0.2
+    beam_size: 2
+    using_eos_threshold: False
+    length_normalization: True
+    scorer: !ref <scorer>
+modules:
+    encoder: !ref <encoder>
+    decoder: !ref <decoder>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables: {{}}
+"""
+
+
+def test_make_dynamic_speechbrain_interface_offline(tmp_path, fsdd_dir, capsys):
+    """A SpeechBrain EncoderDecoderASR folder laid out like the hub conformer model (model section from
+    SpeechBrain's recipe, random weights, local files): make_dynamic on its Transformer changes nothing at
+    full depth, transcribe_file runs the chosen layers only, and the CTC view / CLI read its hparams."""
+    import sentencepiece as spm
+    from speechbrain.inference.ASR import EncoderDecoderASR
+
+    from dld_brain.pretrained import _main
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["one two three", "four five six", "seven eight nine zero", "oh"] * 5))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=20,
+                                   model_type="char", bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    source = tmp_path / "model"
+    source.mkdir()
+    body = SB_CONFORMER_YAML.split("encoder_module: conformer", 1)
+    (source / "hyperparams.yaml").write_text(body[0] + "encoder_module: conformer" + body[1]
+                                             + LOCAL_MODEL_YAML.format(spm=tmp_path / "spm.model"))
+    torch.manual_seed(0)
+    asr = EncoderDecoderASR.from_hparams(source=str(source), savedir=str(tmp_path / "saved"))
+    wav = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+    before = asr.transcribe_file(str(wav))
+    make_dynamic(asr.hparams.Transformer)
+    encoder = asr.hparams.Transformer.encoder
+    assert isinstance(encoder, GatedConformerEncoder)
+    assert asr.transcribe_file(str(wav)) == before
+    calls = count_calls(encoder)
+    with encoder.at_depth(1) as chosen:
+        asr.transcribe_file(str(wav))
+    assert [c > 0 for c in calls] == [i in chosen for i in range(4)]
+    parts = ctc_model_from_interface(asr)
+    assert parts["model"].encoder is encoder and parts["normalize"] is asr.hparams.normalizer
+    assert _main(["--source", str(source), "--savedir", str(tmp_path / "saved2"), "--audio", str(wav),
+                  "--depths", "1", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[1] for line in out] == ["depth 1", "depth 4"]
