@@ -35,7 +35,7 @@ from dld_brain.augment import apply_augment, replicate_labels
 from dld_brain.checkpointing import RandomState
 from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
-from dld_brain.teacher import load_teacher
+from dld_brain.teacher import PRETRAINED_TEACHER, load_teacher, teacher_from_student
 
 logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
@@ -118,6 +118,10 @@ class DynamicDepthCTCBrain(sb.Brain):
     def _setup_teacher(self, checkpoint) -> None:
         """Load the frozen teacher; initialise the student from it when asked (before any resume)."""
         student = {"model": self.modules.model, "normalize": self.modules.normalize}
+        if str(checkpoint) == PRETRAINED_TEACHER:  # the student as built (pretrained weights), frozen
+            self.teacher = teacher_from_student(student, self.device) if self.kd_weight > 0 else None
+            self.modules.normalize.update_until_epoch = 0
+            return
         teacher, self.teacher_ckpt = load_teacher(student, checkpoint)
         for module in teacher.values():
             module.to(self.device)

@@ -130,7 +130,8 @@ def run_asr_recipe(
     run_on_main(prepare, kwargs={"hparams": hparams})
     if configure is not None:
         configure(hparams)
-    tokenizer = build_tokenizer(hparams)
+    # a pretrained model brings its own tokenizer (e.g. hparams/librispeech_pretrained_dld.yaml)
+    tokenizer = hparams.get("pretrained_tokenizer") or build_tokenizer(hparams)
     hparams["tokenizer"] = tokenizer
     datasets = make_asr_datasets(hparams, tokenizer)
     brain_class = hparams.get("brain_class") or DynamicDepthCTCBrain  # e.g. WavLMCTCBrain (two optimizers)
@@ -139,7 +140,10 @@ def run_asr_recipe(
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
     fit_and_sweep(brain, datasets, hparams)
-    if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
+    if not hasattr(brain.model, "config") and not hasattr(brain.model, "bundle_config"):
+        logger.info("No inference bundle for %s (a pretrained model made dynamic): load the checkpoint in "
+                    "%s into the same YAML", type(brain.model).__name__, hparams["save_folder"])
+    elif sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         tokenizer.prefix_model_file + ".model",
                                         Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")

@@ -109,6 +109,21 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+#: ``teacher_checkpoint`` value for a student built from a pretrained model: its initial weights are the teacher
+PRETRAINED_TEACHER = "pretrained"
+
+
+def teacher_from_student(student_modules: dict[str, torch.nn.Module], device=None) -> dict[str, torch.nn.Module]:
+    """Frozen copies of the student's modules as they are now (e.g. a pretrained SpeechBrain model made
+    dynamic, see :mod:`dld_brain.pretrained`): the DLD teacher when ``teacher_checkpoint: pretrained``."""
+    teacher = {name: freeze(copy.deepcopy(module)) for name, module in student_modules.items()}
+    if device is not None:
+        for module in teacher.values():
+            module.to(device)
+    logger.info("Teacher: a frozen copy of the student's initial (pretrained) weights")
+    return teacher
+
+
 def load_teacher(
     student_modules: dict[str, torch.nn.Module], checkpoint: Union[str, Path], min_key: Optional[str] = "WER"
 ) -> tuple[dict[str, torch.nn.Module], Path]:

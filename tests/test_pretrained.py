@@ -9,6 +9,8 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from conftest import REPO
+
 from dld_brain.lobes import GatedConformerEncoder
 from dld_brain.lobes.transformer import GatedTransformerEncoder
 from dld_brain.pretrained import (PretrainedModelError, TransformerCTC, ctc_model_from_interface, dynamic_encoders,
@@ -233,14 +235,10 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-def test_make_dynamic_speechbrain_interface_offline(tmp_path, fsdd_dir, capsys):
+def local_hub_model(tmp_path):
     """A SpeechBrain EncoderDecoderASR folder laid out like the hub conformer model (model section from
-    SpeechBrain's recipe, random weights, local files): make_dynamic on its Transformer changes nothing at
-    full depth, transcribe_file runs the chosen layers only, and the CTC view / CLI read its hparams."""
+    SpeechBrain's recipe, random weights, a character SentencePiece model)."""
     import sentencepiece as spm
-    from speechbrain.inference.ASR import EncoderDecoderASR
-
-    from dld_brain.pretrained import _main
 
     text = tmp_path / "text.txt"
     text.write_text("\n".join(["one two three", "four five six", "seven eight nine zero", "oh"] * 5))
@@ -251,6 +249,17 @@ def test_make_dynamic_speechbrain_interface_offline(tmp_path, fsdd_dir, capsys):
     body = SB_CONFORMER_YAML.split("encoder_module: conformer", 1)
     (source / "hyperparams.yaml").write_text(body[0] + "encoder_module: conformer" + body[1]
                                              + LOCAL_MODEL_YAML.format(spm=tmp_path / "spm.model"))
+    return source
+
+
+def test_make_dynamic_speechbrain_interface_offline(tmp_path, fsdd_dir, capsys):
+    """On a local hub-layout model: make_dynamic on its Transformer changes nothing at full depth,
+    transcribe_file runs the chosen layers only, and the CTC view / CLI read its hparams."""
+    from speechbrain.inference.ASR import EncoderDecoderASR
+
+    from dld_brain.pretrained import _main
+
+    source = local_hub_model(tmp_path)
     torch.manual_seed(0)
     asr = EncoderDecoderASR.from_hparams(source=str(source), savedir=str(tmp_path / "saved"))
     wav = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
@@ -269,3 +278,44 @@ def test_make_dynamic_speechbrain_interface_offline(tmp_path, fsdd_dir, capsys):
                   "--depths", "1", "4"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[1] for line in out] == ["depth 1", "depth 4"]
+
+
+def test_make_dynamic_pretrained_dld_recipe_config(tmp_path):
+    """hparams/librispeech_pretrained_dld.yaml on a local hub-layout model: the student is the pretrained
+    CTC model made dynamic, the teacher a frozen copy of it; one DLD step trains the student (layers
+    skipped, KL term present) and leaves the teacher and the pretrained statistics untouched."""
+    import speechbrain as sb
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from dld_brain.brain import DynamicDepthCTCBrain
+    from dld_brain.hparams import load_hparams
+
+    source = local_hub_model(tmp_path)
+    hp = load_hparams(str(REPO / "hparams" / "librispeech_pretrained_dld.yaml"), {
+        "data_folder": str(tmp_path), "experiment_root": str(tmp_path / "exp"), "pretrained_source": str(source),
+        "valid_depths": [2, 4]})
+    model = hp["model"]
+    assert isinstance(model, TransformerCTC) and model.encoder.drop_prob == 0.5
+    assert all(p.requires_grad for p in model.parameters())  # SpeechBrain's interface had frozen them
+    assert hp["normalize"].update_until_epoch == 0
+    sp = hp["pretrained_tokenizer"]
+    brain = DynamicDepthCTCBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
+                                 run_opts={"device": "cpu"}, checkpointer=None)
+    teacher = brain.teacher["model"]
+    assert teacher is not model and not any(p.requires_grad for p in teacher.parameters())
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(v, initial[k]) for k, v in teacher.state_dict().items())
+    torch.manual_seed(2)
+    items = [{"id": f"u{i}", "sig": torch.randn(8000), "wrd": w,
+              "tokens": torch.tensor(sp.encode_as_ids(w))} for i, w in enumerate(["one two", "three"])]
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN)
+    brain.modules.train()  # as Brain.fit does
+    model.encoder.gate_sampler.generator.manual_seed(1)  # draws layers [0, 3]
+    loss = brain.fit_batch(PaddedBatch(items))
+    assert torch.isfinite(loss) and brain._loss_parts["kd"] > 0
+    assert model.encoder.last_layers == [0, 3]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])}
+    assert any(k.startswith("encoder.layers.0.") for k in changed)
+    assert not any(k.startswith(("encoder.layers.1.", "encoder.layers.2.")) for k in changed)
+    assert all(torch.equal(v, initial[k]) for k, v in teacher.state_dict().items())
