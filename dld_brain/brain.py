@@ -22,7 +22,6 @@ it and never wraps it in DDP.
 from __future__ import annotations
 
 import csv
-import logging
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,6 +29,7 @@ from typing import Optional, Sequence
 import speechbrain as sb
 import torch
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from dld_brain.askd import AgreementRule, top1_agreement
@@ -37,9 +37,9 @@ from dld_brain.augment import apply_augment, replicate_labels
 from dld_brain.checkpointing import NonFiniteCounter, RandomState
 from dld_brain.faults import maybe_kill, nan_loss
 from dld_brain.losses import ctc_posterior_kl, valid_frame_mask
-from dld_brain.teacher import load_teacher
+from dld_brain.teacher import PRETRAINED_TEACHER, load_teacher, teacher_from_student
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 
 class NonFiniteLossError(RuntimeError):
@@ -159,6 +159,10 @@ class DynamicDepthCTCBrain(sb.Brain):
     def _setup_teacher(self, checkpoint) -> None:
         """Load the frozen teacher; initialise the student from it when asked (before any resume)."""
         student = {"model": self.modules.model, "normalize": self.modules.normalize}
+        if str(checkpoint) == PRETRAINED_TEACHER:  # the student as built (pretrained weights), frozen
+            self.teacher = teacher_from_student(student, self.device) if self.kd_weight > 0 else None
+            self.modules.normalize.update_until_epoch = 0
+            return
         teacher, self.teacher_ckpt = load_teacher(student, checkpoint)
         for module in teacher.values():
             module.to(self.device)
@@ -476,7 +480,7 @@ class DynamicDepthCTCBrain(sb.Brain):
             where = " (on this rank)" if local_bad else " (on another rank)"
         logger.warning("Non-finite loss at epoch %s step %d: step skipped%s (%d so far, patience %d)",
                        self.hparams.epoch_counter.current, self.step, where, self.nonfinite_count,
-                       self.nonfinite_patience)
+                       self.nonfinite_patience, main_process_only=False)
         if self.nonfinite_count > self.nonfinite_patience:
             raise NonFiniteLossError(
                 f"the loss was non-finite in {self.nonfinite_count} steps (patience {self.nonfinite_patience}); "

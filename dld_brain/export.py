@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -408,9 +409,6 @@ def main(argv=None) -> None:
     """CLI: ``python -m dld_brain.export --model BUNDLE --depths 2 4 6 --formats onnx torchscript``."""
     import argparse
 
-    from dld_brain.gates import select_layers
-    from dld_brain.inference import DynamicDepthASR
-
     parser = argparse.ArgumentParser(description="Export the encoder + CTC head at fixed depths "
                                      "(one file per depth) from an inference bundle.")
     parser.add_argument("--model", required=True, help="inference bundle folder (<run>/inference)")
@@ -424,10 +422,32 @@ def main(argv=None) -> None:
     parser.add_argument("--lexicon", help="with --edge: word list (text, or a manifest CSV's wrd column) "
                         "stored for lexicon-constrained decoding")
     args = parser.parse_args(argv)
+    from ruamel.yaml import YAMLError
+
+    try:
+        _export(args)
+    except ImportError as err:
+        hint = ': pip install "dld-brain[export]"' if err.name in ("onnx", "onnxruntime") else ""
+        print(f"error: {args.model}: {err}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, ValueError, KeyError, RuntimeError, YAMLError) as err:  # user input: one line, no traceback
+        message = " ".join(str(err).split()) if str(err) else type(err).__name__
+        print(f"error: {args.model}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _export(args) -> None:
+    """The export itself (see :func:`main`); raises on bad input."""
+    from dld_brain.gates import select_layers
+    from dld_brain.inference import DynamicDepthASR
+
+    if not (Path(args.model) / INFERENCE_YAML).is_file():
+        raise FileNotFoundError(f"not an inference bundle (no {INFERENCE_YAML}): give the <run>/inference "
+                                "folder a recipe writes")
     asr = DynamicDepthASR.from_hparams(source=args.model)
     model = asr.mods.model.eval()
     if "n_mels" not in model.config:
-        raise SystemExit(f"{args.model}: {type(model).__name__} reads raw waveforms; ONNX/TorchScript export "
+        raise ValueError(f"{type(model).__name__} reads raw waveforms; ONNX/TorchScript export "
                          "covers the filterbank (conformer) models only. Load the bundle with "
                          "dld_brain.inference.DynamicDepthASR instead.")
     if args.edge:

@@ -24,6 +24,7 @@ Loading a hub model (needs access to huggingface.co)::
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from typing import Optional, Sequence
@@ -170,14 +171,15 @@ def _hparam(hparams, *names):
 
 
 def ctc_model_from_interface(asr, drop_prob: Optional[float] = None, gate_seed: int = 0,
-                             depth_policy: str = "even") -> dict:
+                             depth_policy: str = "even", trainable: bool = True) -> dict:
     """The dynamic CTC model of a loaded SpeechBrain pretrained interface (``EncoderDecoderASR`` /
     ``EncoderASR`` of a conformer/transformer recipe) or of its hparams dict.
 
     Returns ``{"model": TransformerCTC, "normalize": ..., "compute_features": ..., "tokenizer": ...}``
     (the last three as the pretrained model defines them, None where absent), ready to serve as DLD teacher
     and student initialisation. Expects the hparams names of SpeechBrain's LibriSpeech recipes: ``CNN``,
-    ``Transformer``, ``ctc_lin``.
+    ``Transformer``, ``ctc_lin``. SpeechBrain's interfaces freeze their parameters; with ``trainable`` (the
+    default) the CTC model's parameters get ``requires_grad`` back, so it can be the DLD student.
     """
     hparams = getattr(asr, "hparams", asr)
     frontend, transformer = _hparam(hparams, "CNN"), _hparam(hparams, "Transformer")
@@ -187,8 +189,38 @@ def ctc_model_from_interface(asr, drop_prob: Optional[float] = None, gate_seed: 
         raise PretrainedModelError(f"the pretrained model's hparams lack {missing}: ctc_model_from_interface "
                                    "needs a CTC-trained conformer/transformer (CNN, Transformer, ctc_lin)")
     model = TransformerCTC(frontend, transformer, ctc_head, drop_prob, gate_seed, depth_policy)
+    if trainable:
+        for param in model.parameters():
+            param.requires_grad_(True)
     return {"model": model, "normalize": _hparam(hparams, "normalize", "normalizer"),
             "compute_features": _hparam(hparams, "compute_features"), "tokenizer": _hparam(hparams, "tokenizer")}
+
+
+@functools.lru_cache(maxsize=4)
+def load_interface(source: str, savedir: Optional[str] = None):
+    """SpeechBrain's ``EncoderDecoderASR`` for ``source`` (hub id or local folder), loaded once per process
+    (the YAML helpers below share it)."""
+    from speechbrain.inference.ASR import EncoderDecoderASR
+
+    return EncoderDecoderASR.from_hparams(source=str(source), savedir=None if savedir is None else str(savedir))
+
+
+def pretrained_ctc(source: str, savedir: Optional[str] = None, drop_prob: float = 0.0, gate_seed: int = 0,
+                   depth_policy: str = "even") -> TransformerCTC:
+    """The dynamic CTC model of a pretrained SpeechBrain ASR (for ``model: !apply:`` in a recipe YAML)."""
+    return ctc_model_from_interface(load_interface(source, savedir), drop_prob, gate_seed, depth_policy)["model"]
+
+
+def pretrained_part(source: str, name: str, savedir: Optional[str] = None):
+    """One object of a pretrained SpeechBrain ASR's hparams (``normalize``, ``compute_features``,
+    ``tokenizer``), so the recipe uses the features, statistics and tokens the model was trained with."""
+    aliases = ("normalize", "normalizer") if name in ("normalize", "normalizer") else (name,)
+    part = _hparam(load_interface(source, savedir).hparams, *aliases)
+    if part is None:
+        raise PretrainedModelError(f"the pretrained model {source} has no {name!r} in its hparams")
+    if name == "normalize" and hasattr(part, "update_until_epoch"):
+        part.update_until_epoch = 0  # keep the pretrained statistics
+    return part
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:

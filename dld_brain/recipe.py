@@ -6,7 +6,6 @@ evaluation) is here, so recipes stay thin and identical in behaviour.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.logger import get_logger
 
 from dld_brain.brain import DynamicDepthCTCBrain, EvaluationError, MethodConfigError, NonFiniteLossError
 from dld_brain.checkpointing import CheckpointFileError
@@ -29,7 +29,7 @@ from dld_brain.sweep import depth_sweep
 from dld_brain.teacher import TeacherError
 from dld_brain.validation import BadDataError
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 #: Errors that are the user's to fix: printed as one clear line, no traceback.
 USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError, HparamsError, TeacherError, DepthError,
@@ -39,13 +39,24 @@ USER_ERRORS = (NonFiniteLossError, BadDataError, EvaluationError, DataPrepError,
 def setup_experiment(argv: Sequence[str]) -> tuple[dict, dict, str]:
     """Parse the command line, load the hparams and create the output folder (log, resolved hparams)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
+    check_run_opts(run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched with torchrun
     hparams = load_hparams(hparams_file, overrides)
+    if run_opts.get("test_only"):  # SpeechBrain's evaluation-only flag = our skip_training
+        hparams["skip_training"] = True
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
     resolved = resolved_yaml_text(hparams_file, overrides)
     if sb.utils.distributed.if_main_process():
         (Path(hparams["output_folder"]) / "hyperparams.yaml").write_text(resolved)
     return hparams, run_opts, hparams_file
+
+
+def check_run_opts(run_opts: dict) -> None:
+    """Reject SpeechBrain run options the recipes do not support, with what to use instead."""
+    if run_opts.get("data_parallel_backend"):
+        raise HparamsError(
+            "--data_parallel_backend (torch DataParallel) is not supported: its per-GPU replicas would draw "
+            "different layer gates for one batch; use DDP instead: torchrun --nproc_per_node=<gpus> <recipe> ...")
 
 
 def build_tokenizer(hparams: dict):
@@ -166,7 +177,8 @@ def run_asr_recipe(
     run_on_main(prepare, kwargs={"hparams": hparams})
     if configure is not None:
         configure(hparams)
-    tokenizer = build_tokenizer(hparams)
+    # a pretrained model brings its own tokenizer (e.g. hparams/librispeech_pretrained_dld.yaml)
+    tokenizer = hparams.get("pretrained_tokenizer") or build_tokenizer(hparams)
     hparams["tokenizer"] = tokenizer
     datasets = make_asr_datasets(hparams, tokenizer)
     brain_class = hparams.get("brain_class") or DynamicDepthCTCBrain  # e.g. WavLMCTCBrain (two optimizers)
@@ -176,7 +188,10 @@ def run_asr_recipe(
     )
     decoder = build_decoder(hparams, tokenizer, hparams["output_folder"])  # a lexicon error before training
     fit_and_sweep(brain, datasets, hparams, decoder=decoder)
-    if sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
+    if not hasattr(brain.model, "config") and not hasattr(brain.model, "bundle_config"):
+        logger.info("No inference bundle for %s (a pretrained model made dynamic): load the checkpoint in "
+                    "%s into the same YAML", type(brain.model).__name__, hparams["save_folder"])
+    elif sb.utils.distributed.if_main_process():  # the evaluated weights, ready for dld_brain.inference
         bundle = write_inference_bundle(hparams, {"model": brain.model, "normalize": brain.modules.normalize},
                                         tokenizer.prefix_model_file + ".model",
                                         Path(hparams["output_folder"]) / f"inference{evaluation_tag(hparams)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +21,15 @@ def load_sweeps(csv_paths: Sequence[str | Path]) -> pd.DataFrame:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"depth sweep not found: {path} (has that method been trained and evaluated?)")
-        frames.append(pd.read_csv(path))
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not a depth-sweep CSV ({str(err).splitlines()[0]})") from None
+        missing = [c for c in ("method", "test_set", "depth", "encoder_params") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path} is not a depth-sweep CSV: columns {missing} missing (give the "
+                             "depth_sweep_<set>.csv files a recipe writes)")
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -100,7 +109,15 @@ def main(argv=None) -> None:
     parser.add_argument("sweeps", nargs="+", help="depth_sweep_<set>.csv files, one per method")
     parser.add_argument("--metric", default="WER")
     args = parser.parse_args(argv)
-    print(write_comparison(args.sweeps, args.output_folder, args.metric).read_text())
+    try:
+        sweeps = load_sweeps(args.sweeps)
+        if args.metric not in sweeps.columns:
+            raise ValueError(f"metric {args.metric!r} is not a column of the sweeps (they have "
+                             f"{[c for c in sweeps.columns if c not in ('method', 'test_set', 'depth')]})")
+        print(write_comparison(args.sweeps, args.output_folder, args.metric).read_text())
+    except (OSError, ValueError) as err:  # user input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

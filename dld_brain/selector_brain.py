@@ -15,19 +15,19 @@ backbone, e.g. a DLD or RDsc :class:`~dld_brain.lobes.ConformerCTC`), ``normaliz
 
 from __future__ import annotations
 
-import logging
 import random
 from pathlib import Path
 from typing import Optional, Union
 
 import speechbrain as sb
 import torch
+from speechbrain.utils.logger import get_logger
 
 from dld_brain.brain import DynamicDepthCTCBrain
 from dld_brain.lobes.selector import BudgetError, SelectiveDepthModel, budget_loss, budget_tensor
 from dld_brain.teacher import find_checkpoint, load_module_checked, load_with_default_hook
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 
 def load_backbone(modules: dict, checkpoint: Union[str, Path]) -> Path:

@@ -8,7 +8,6 @@ A recipe only supplies its data preparation function, which writes manifests wit
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -16,6 +15,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.logger import get_logger
 
 from dld_brain.data.fsc import check_known_labels
 from dld_brain.data.manifest import DataPrepError, read_manifest
@@ -26,7 +26,7 @@ from dld_brain.recipe import check_depth_options, evaluation_tag, fit_and_sweep,
 from dld_brain.slu_brain import DynamicDepthClassifierBrain
 from dld_brain.validation import audio_problem, report_problems
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 LABEL_KEY = "intent"
 SLU_REQUIRED = ("ID", "duration", "wav", LABEL_KEY)

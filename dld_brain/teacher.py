@@ -8,7 +8,6 @@ names what differs, then kept in eval mode with ``requires_grad=False`` outside 
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -16,10 +15,11 @@ from typing import Optional, Union
 import torch
 import yaml
 from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+from speechbrain.utils.logger import get_logger
 
 from dld_brain.safe_files import UnreadableFileError, UntrustedFileError, load_weights, weights_only_loading
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # SpeechBrain's: logs on the main process only
 
 _ENCODER_LAYER_KEY = re.compile(r"^encoder\.(?:.+?\.)?layers\.(\d+)\.")  # first layers.<i> after encoder.
 
@@ -120,6 +120,21 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     for param in module.parameters():
         param.requires_grad_(False)
     return module
+
+
+#: ``teacher_checkpoint`` value for a student built from a pretrained model: its initial weights are the teacher
+PRETRAINED_TEACHER = "pretrained"
+
+
+def teacher_from_student(student_modules: dict[str, torch.nn.Module], device=None) -> dict[str, torch.nn.Module]:
+    """Frozen copies of the student's modules as they are now (e.g. a pretrained SpeechBrain model made
+    dynamic, see :mod:`dld_brain.pretrained`): the DLD teacher when ``teacher_checkpoint: pretrained``."""
+    teacher = {name: freeze(copy.deepcopy(module)) for name, module in student_modules.items()}
+    if device is not None:
+        for module in teacher.values():
+            module.to(device)
+    logger.info("Teacher: a frozen copy of the student's initial (pretrained) weights")
+    return teacher
 
 
 def load_teacher(

@@ -9,6 +9,8 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from conftest import REPO
+
 from dld_brain.lobes import GatedConformerEncoder
 from dld_brain.lobes.transformer import GatedTransformerEncoder
 from dld_brain.pretrained import (PretrainedModelError, TransformerCTC, ctc_model_from_interface, dynamic_encoders,
@@ -190,3 +192,130 @@ def test_make_dynamic_is_idempotent():
     encoder = model.encoder
     assert make_dynamic(model).encoder is encoder
     assert dynamic_encoders(model) == [encoder]
+
+
+LOCAL_MODEL_YAML = """
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: 80
+normalizer: !new:speechbrain.processing.features.InputNormalization
+    norm_type: sentence  # a hub model's global statistics come with its files
+tokenizer: !new:sentencepiece.SentencePieceProcessor
+    model_file: {spm}
+Tencoder: !new:speechbrain.lobes.models.transformer.TransformerASR.EncoderWrapper
+    transformer: !ref <Transformer>
+encoder: !new:speechbrain.nnet.containers.LengthsCapableSequential
+    input_shape: [null, null, 80]
+    compute_features: !ref <compute_features>
+    normalize: !ref <normalizer>
+    cnn: !ref <CNN>
+    transformer_encoder: !ref <Tencoder>
+ctc_scorer: !new:speechbrain.decoders.scorer.CTCScorer
+    eos_index: 2
+    blank_index: 0
+    ctc_fc: !ref <ctc_lin>
+scorer: !new:speechbrain.decoders.scorer.ScorerBuilder
+    full_scorers: [!ref <ctc_scorer>]
+    weights:
+        ctc: 0.4
+decoder: !new:speechbrain.decoders.S2STransformerBeamSearcher
+    modules: [!ref <Transformer>, !ref <seq_lin>]
+    bos_index: 1
+    eos_index: 2
+    min_decode_ratio: 0.0
+    max_decode_ratio: 0.2
+    beam_size: 2
+    using_eos_threshold: False
+    length_normalization: True
+    scorer: !ref <scorer>
+modules:
+    encoder: !ref <encoder>
+    decoder: !ref <decoder>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables: {{}}
+"""
+
+
+def local_hub_model(tmp_path):
+    """A SpeechBrain EncoderDecoderASR folder laid out like the hub conformer model (model section from
+    SpeechBrain's recipe, random weights, a character SentencePiece model)."""
+    import sentencepiece as spm
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["one two three", "four five six", "seven eight nine zero", "oh"] * 5))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=20,
+                                   model_type="char", bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    source = tmp_path / "model"
+    source.mkdir()
+    body = SB_CONFORMER_YAML.split("encoder_module: conformer", 1)
+    (source / "hyperparams.yaml").write_text(body[0] + "encoder_module: conformer" + body[1]
+                                             + LOCAL_MODEL_YAML.format(spm=tmp_path / "spm.model"))
+    return source
+
+
+def test_make_dynamic_speechbrain_interface_offline(tmp_path, fsdd_dir, capsys):
+    """On a local hub-layout model: make_dynamic on its Transformer changes nothing at full depth,
+    transcribe_file runs the chosen layers only, and the CTC view / CLI read its hparams."""
+    from speechbrain.inference.ASR import EncoderDecoderASR
+
+    from dld_brain.pretrained import _main
+
+    source = local_hub_model(tmp_path)
+    torch.manual_seed(0)
+    asr = EncoderDecoderASR.from_hparams(source=str(source), savedir=str(tmp_path / "saved"))
+    wav = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+    before = asr.transcribe_file(str(wav))
+    make_dynamic(asr.hparams.Transformer)
+    encoder = asr.hparams.Transformer.encoder
+    assert isinstance(encoder, GatedConformerEncoder)
+    assert asr.transcribe_file(str(wav)) == before
+    calls = count_calls(encoder)
+    with encoder.at_depth(1) as chosen:
+        asr.transcribe_file(str(wav))
+    assert [c > 0 for c in calls] == [i in chosen for i in range(4)]
+    parts = ctc_model_from_interface(asr)
+    assert parts["model"].encoder is encoder and parts["normalize"] is asr.hparams.normalizer
+    assert _main(["--source", str(source), "--savedir", str(tmp_path / "saved2"), "--audio", str(wav),
+                  "--depths", "1", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[1] for line in out] == ["depth 1", "depth 4"]
+
+
+def test_make_dynamic_pretrained_dld_recipe_config(tmp_path):
+    """hparams/librispeech_pretrained_dld.yaml on a local hub-layout model: the student is the pretrained
+    CTC model made dynamic, the teacher a frozen copy of it; one DLD step trains the student (layers
+    skipped, KL term present) and leaves the teacher and the pretrained statistics untouched."""
+    import speechbrain as sb
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from dld_brain.brain import DynamicDepthCTCBrain
+    from dld_brain.hparams import load_hparams
+
+    source = local_hub_model(tmp_path)
+    hp = load_hparams(str(REPO / "hparams" / "librispeech_pretrained_dld.yaml"), {
+        "data_folder": str(tmp_path), "experiment_root": str(tmp_path / "exp"), "pretrained_source": str(source),
+        "valid_depths": [2, 4]})
+    model = hp["model"]
+    assert isinstance(model, TransformerCTC) and model.encoder.drop_prob == 0.5
+    assert all(p.requires_grad for p in model.parameters())  # SpeechBrain's interface had frozen them
+    assert hp["normalize"].update_until_epoch == 0
+    sp = hp["pretrained_tokenizer"]
+    brain = DynamicDepthCTCBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
+                                 run_opts={"device": "cpu"}, checkpointer=None)
+    teacher = brain.teacher["model"]
+    assert teacher is not model and not any(p.requires_grad for p in teacher.parameters())
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(v, initial[k]) for k, v in teacher.state_dict().items())
+    torch.manual_seed(2)
+    items = [{"id": f"u{i}", "sig": torch.randn(8000), "wrd": w,
+              "tokens": torch.tensor(sp.encode_as_ids(w))} for i, w in enumerate(["one two", "three"])]
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN)
+    brain.modules.train()  # as Brain.fit does
+    model.encoder.gate_sampler.generator.manual_seed(1)  # draws layers [0, 3]
+    loss = brain.fit_batch(PaddedBatch(items))
+    assert torch.isfinite(loss) and brain._loss_parts["kd"] > 0
+    assert model.encoder.last_layers == [0, 3]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])}
+    assert any(k.startswith("encoder.layers.0.") for k in changed)
+    assert not any(k.startswith(("encoder.layers.1.", "encoder.layers.2.")) for k in changed)
+    assert all(torch.equal(v, initial[k]) for k, v in teacher.state_dict().items())
