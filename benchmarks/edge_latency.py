@@ -46,7 +46,7 @@ def main() -> None:
 
     from benchmarks.encoder_latency import describe_machine
     from dld_brain.edge import EdgeASR
-    from dld_brain.export import export_edge, export_onnx, quantize_edge
+    from dld_brain.export import export_edge, export_onnx, lexicon_words, quantize_edge
     from dld_brain.inference import DynamicDepthASR
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max_utts", type=int, default=0, help="cap on test utterances for WER (0: all)")
+    parser.add_argument("--lexicon", help="word list or manifest for the lexicon decoder (default: train.csv "
+                        "beside --test_csv)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     asr = DynamicDepthASR.from_hparams(source=args.model)
@@ -77,8 +79,9 @@ def main() -> None:
             path = export_onnx(model, asr.layers_for(depth=depth), tmp / f"encoder_ctc_n{depth}.onnx",
                                model.config["n_mels"])
             per_depth[depth] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        lexicon = lexicon_words(args.lexicon or Path(args.test_csv).with_name("train.csv"))
         edge_dir = export_edge(model, asr.hparams.compute_features, asr.mods.normalize, pieces, tmp / "edge",
-                               asr.hparams.blank_index)
+                               asr.hparams.blank_index, lexicon)
         quantize_edge(edge_dir, tmp / "edge_int8")
         quantize_edge(edge_dir, tmp / "edge_int8_conv", ops=None)  # convolutions quantised too
         export_s = time.perf_counter() - start
@@ -126,7 +129,7 @@ def main() -> None:
         words = sum(len(w.split()) for w in table["wrd"])
         wer = []
         for depth in range(1, num_layers + 1):
-            errors = {"torch": 0, "per_depth": 0, "fp32": 0, "int8": 0}
+            errors = {"torch": 0, "per_depth": 0, "fp32": 0, "int8": 0, "lexicon": 0}
             same = {"per_depth": 0, "fp32": 0, "int8": 0}
             for wav, ref in zip(table["wav"], table["wrd"]):
                 audio = edge["fp32"].read_audio(wav)
@@ -137,6 +140,7 @@ def main() -> None:
                 hyps["per_depth"] = sp.decode_ids([int(i) for i in sb.decoders.ctc_greedy_decode(lp, lens, blank_id=0)[0]])
                 for kind in ("fp32", "int8"):
                     hyps[kind] = edge[kind].transcribe_file(wav, depth=depth)
+                hyps["lexicon"] = edge["fp32"].transcribe_file(wav, depth=depth, decoder="lexicon")
                 for key, hyp in hyps.items():
                     errors[key] += word_errors(ref, hyp)
                 for key in same:
@@ -159,12 +163,14 @@ def main() -> None:
               f"{t['fp32'] / t['per_depth']:.2f} | {t['fp32'] / t['torch']:.2f} | {t['int8'] / t['fp32']:.2f} | "
               f"{t['int8_conv'] / t['fp32']:.2f} |")
     n = len(table)
-    print(f"\nWER % on {n} test utterances ({words} words), greedy; 'same' = transcripts equal to PyTorch's\n")
-    print("| depth | PyTorch | per-depth ONNX | edge fp32 | edge int8 | same: per-depth | same: fp32 | same: int8 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"\nWER % on {n} test utterances ({words} words), greedy unless said; 'same' = transcripts equal "
+          f"to PyTorch's; lexicon: {len(lexicon)} words\n")
+    print("| depth | PyTorch | per-depth ONNX | edge fp32 | edge int8 | edge fp32 + lexicon | same: per-depth | "
+          "same: fp32 | same: int8 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for depth, w, same in wer:
         print(f"| {depth} | {w['torch']:.2f} | {w['per_depth']:.2f} | {w['fp32']:.2f} | {w['int8']:.2f} | "
-              f"{same['per_depth']}/{n} | {same['fp32']}/{n} | {same['int8']}/{n} |")
+              f"{w['lexicon']:.2f} | {same['per_depth']}/{n} | {same['fp32']}/{n} | {same['int8']}/{n} |")
 
 
 if __name__ == "__main__":
