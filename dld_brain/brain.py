@@ -363,7 +363,7 @@ class DynamicDepthCTCBrain(sb.Brain):
         """Fresh metrics; the teacher is (re)asserted frozen at every stage."""
         self._loss_parts = {"ctc": 0.0, "kd": 0.0, "batches": 0}
         self._metric_key = None
-        self._stage_start = time.time()
+        self._stage_start, self._stage_cpu = time.time(), time.process_time()
         if stage == sb.Stage.VALID:
             self.wer_metrics = {d: ErrorRateStats() for d in self.valid_depths()}
         elif stage == sb.Stage.TEST:
@@ -391,7 +391,8 @@ class DynamicDepthCTCBrain(sb.Brain):
                 stats["nonfinite_total"] = self.nonfinite.total
             self.askd_end_train(stats)
             self.train_stats = stats
-            self._train_cost = {"steps": self.step, "train_s": round(time.time() - self._stage_start, 3)}
+            self._train_cost = {"steps": self.step, "train_s": round(time.time() - self._stage_start, 3),
+                                "train_cpu_s": round(time.process_time() - self._stage_cpu, 3)}
             return
         wers = {d: m.summarize("error_rate") for d, m in self.wer_metrics.items()}
         if stage == sb.Stage.VALID:
@@ -431,22 +432,26 @@ class DynamicDepthCTCBrain(sb.Brain):
                         self.wer_metrics["beam"].write_stats(handle)
 
     def log_epoch_cost(self, epoch, stats: dict) -> None:
-        """Append the epoch's training steps, wall seconds (train, valid) and validation WERs to
-        ``<output_folder>/epoch_log.csv`` (training cost vs quality; a resumed run may repeat an epoch: the
-        last row counts)."""
+        """Append the epoch's training steps, wall and CPU seconds (train, valid; CPU time is the fairer cost
+        on a shared machine) and validation WERs to ``<output_folder>/epoch_log.csv`` (training cost vs
+        quality; a resumed run may repeat an epoch: the last row counts)."""
         folder = self.hparams_get("output_folder")
         if folder is None or not sb.utils.distributed.if_main_process():
             return
-        row = {"epoch": epoch, **getattr(self, "_train_cost", {"steps": 0, "train_s": 0.0}),
+        row = {"epoch": epoch, **getattr(self, "_train_cost", {"steps": 0, "train_s": 0.0, "train_cpu_s": 0.0}),
                "valid_s": round(time.time() - self._stage_start, 3),
+               "valid_cpu_s": round(time.process_time() - self._stage_cpu, 3),
                **{k: round(float(v), 4) for k, v in stats.items() if k.startswith("WER")}}
         path = Path(folder) / "epoch_log.csv"
-        new = not path.is_file()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        fields = list(dict.fromkeys([*(rows[0] if rows else {}), *row]))  # columns of older rows kept
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows([*rows, row])
 
     def askd_end_train(self, stats: dict) -> None:
         """Add the epoch's ASKD weights (means over its steps) to the training stats, then let the adaptive

@@ -4,25 +4,69 @@ scripts in ``recipes/``."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from dld_brain.report import write_comparison
 
 
 @dataclass
 class Job:
-    """One command to run: ``name`` (unique, for messages and ``after``), the command line, the log file it
+    """One command to run: ``name`` (unique, for messages and ``after``), the command line (or a function
+    to run in a forked copy of this process, which saves a new interpreter's imports), the log file it
     writes (None = this terminal) and the names of jobs that must have finished before it starts."""
 
     name: str
-    cmd: Sequence[str]
+    cmd: Union[Sequence[str], Callable[[], object]]
     log: Optional[Path] = None
     after: Sequence[str] = field(default_factory=tuple)
+
+
+def _forked(fn: Callable[[], object], log: Optional[str]) -> None:
+    """Body of a forked job: output to ``log`` (file descriptors too, for C libraries), exit status from
+    ``fn`` (0, a SystemExit code, or 1 with the traceback logged)."""
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
+    code = 0
+    try:
+        fn()
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        if not isinstance(err.code, int) and err.code is not None:
+            print(err.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - everything must end in an exit status
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    os._exit(code)
+
+
+class _ForkedProcess:
+    """A forked job with the ``poll`` / ``returncode`` of :class:`subprocess.Popen`."""
+
+    def __init__(self, fn: Callable[[], object], log: Optional[Path]):
+        self.process = multiprocessing.get_context("fork").Process(
+            target=_forked, args=(fn, None if log is None else str(log)))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.process.start()
+
+    def poll(self) -> Optional[int]:
+        return None if self.process.is_alive() else self.process.exitcode
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.process.exitcode
 
 
 def run_jobs(job_list: Sequence[Job], jobs: int = 1, on_done: Optional[Callable[[Job, float], None]] = None,
@@ -59,8 +103,11 @@ def run_jobs(job_list: Sequence[Job], jobs: int = 1, on_done: Optional[Callable[
             log = None
             if job.log is not None:
                 Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-                log = open(job.log, "w")
-            proc = subprocess.Popen(list(job.cmd), stdout=log, stderr=subprocess.STDOUT if log else None)
+            if callable(job.cmd):
+                proc = _ForkedProcess(job.cmd, job.log)
+            else:
+                log = open(job.log, "w") if job.log is not None else None
+                proc = subprocess.Popen(list(job.cmd), stdout=log, stderr=subprocess.STDOUT if log else None)
             running.append((job, proc, time.time(), log))
         if not running:
             break  # nothing can start: the rest waits for failed jobs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -99,6 +99,200 @@ def write_comparison(csv_paths: Sequence[str | Path], output_folder: str | Path,
                   + ".\n\n" + markdown_table(table) + "\n")
     for test_set in sweeps["test_set"].unique():
         plot_wer_vs_params(sweeps, output_folder / f"{name}_{test_set}.png", test_set, metric)
+    return md
+
+
+# ------------------------------------------------------------------------------------------ the FSDD study
+def _ci_text(mean: float, low: float, high: float, digits: int = 1) -> str:
+    """``12.3 [10.1, 14.5]`` (the interval left out when undefined)."""
+    if pd.isna(mean):
+        return ""
+    if pd.isna(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def summary_table(summary: pd.DataFrame, test_set: str = "test") -> pd.DataFrame:
+    """Rows: depth (with executed encoder parameters); columns: methods; cells ``mean [CI low, high]``."""
+    data = summary[summary["test_set"] == test_set]
+    methods = list(dict.fromkeys(data["method"]))
+    rows = []
+    for depth, group in data.groupby("depth"):
+        row = {"depth": int(depth), "enc. params (M)": round(group["encoder_params"].iloc[0] / 1e6, 2)}
+        for method in methods:
+            hit = group[group["method"] == method]
+            row[method] = "" if hit.empty else _ci_text(*hit[["mean", "ci_low", "ci_high"]].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_summary(summary: pd.DataFrame, path: str | Path, test_set: str = "test", metric: str = "WER") -> None:
+    """Mean WER against executed encoder parameters with 95 % confidence intervals as error bars: one curve
+    per dynamic method, the static teacher at full depth as a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = summary[summary["test_set"] == test_set]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab10").colors
+    for index, (method, group) in enumerate(data.groupby("method", sort=False)):
+        group = group.sort_values("depth")
+        if method in STATIC_METHODS:
+            group = group[group["depth"] == group["depth"].max()]
+        x = group["encoder_params"] / 1e6
+        err = [(group["mean"] - group["ci_low"]).fillna(0), (group["ci_high"] - group["mean"]).fillna(0)]
+        n = int(group["n"].max())
+        label = f"{method} (full depth, n={n})" if method in STATIC_METHODS else f"{method} (n={n})"
+        ax.errorbar(x, group["mean"], yerr=err, marker="*" if method in STATIC_METHODS else "o",
+                    markersize=12 if method in STATIC_METHODS else 5, capsize=3,
+                    linestyle="none" if method in STATIC_METHODS else "-", color=colours[index % len(colours)],
+                    label=label)
+    ax.set_xlabel("executed encoder parameters (M)")
+    ax.set_ylabel(f"{metric} (%), mean and 95 % CI")
+    ax.set_title(f"{metric} vs executed parameters ({test_set}; folds x seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cost_curves(curves: pd.DataFrame, path: str | Path, num_layers: int) -> None:
+    """Validation WER at depth N/2 and N against cumulative training CPU time (wall time for logs without
+    it; teacher included for RDLD and DLD, the teacher's own curve shown separately), each point the mean
+    over runs of one epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    colours = plt.get_cmap("tab10").colors
+    unit, unit_name = ("total_cpu_s", "CPU") if curves["total_cpu_s"].notna().all() else ("total_s", "wall")
+    for ax, which, depth in ((axes[0], "half", max(num_layers // 2, 1)), (axes[1], "full", num_layers)):
+        for index, (method, group) in enumerate(curves.groupby("method", sort=False)):
+            means = group.groupby("epoch")[[unit, f"WER_{which}"]].mean()
+            if means[f"WER_{which}"].isna().all():
+                continue
+            ax.plot(means[unit] / 60, means[f"WER_{which}"], marker=".", color=colours[index % len(colours)],
+                    label=f"{method}{' (incl. teacher)' if method in ('rdld', 'dld') else ''}")
+        ax.set_xlabel(f"cumulative training {unit_name} time (min), mean over runs")
+        ax.set_ylabel(f"validation WER (%) at depth {depth}")
+        ax.set_title(f"depth {depth} of {num_layers}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def significance_markdown(sig: pd.DataFrame) -> str:
+    """The paired comparisons as a Markdown table (differences in WER points; negative = first is better)."""
+    table = pd.DataFrame({
+        "comparison": sig["a"] + " - " + sig["b"], "depth": sig["depth"],
+        "diff, bootstrap 95 % CI": [_ci_text(*r, digits=2) for r in sig[["diff", "ci_low", "ci_high"]].values],
+        "p (bootstrap)": sig["p_value"].map(lambda p: "" if pd.isna(p) else f"{p:.3f}"),
+        "diff over runs, t 95 % CI": [_ci_text(*r, digits=2)
+                                      for r in sig[["run_diff", "run_ci_low", "run_ci_high"]].values],
+        "p (paired t)": sig["run_p_value"].map(lambda p: "" if pd.isna(p) else f"{p:.3f}"),
+        "runs": sig["runs"], "utterances": sig["utterances"], "words": sig["words"]})
+    return markdown_table(table)
+
+
+def verdict(sig: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """One sentence per comparison: at which depths the first method is significantly better, worse, or not
+    distinguishable (paired bootstrap, two-sided, level ``alpha``)."""
+    lines = []
+    for (a, b), group in sig.groupby(["a", "b"], sort=False):
+        better = group[(group["p_value"] < alpha) & (group["diff"] < 0)]["depth"].tolist()
+        worse = group[(group["p_value"] < alpha) & (group["diff"] > 0)]["depth"].tolist()
+        tied = group[~group["depth"].isin(better + worse)]["depth"].tolist()
+        lines.append(f"{a.upper()} vs {b.upper()}: lower WER at depths {better or 'none'}, higher at "
+                     f"{worse or 'none'}, no significant difference at {tied or 'none'} (paired bootstrap, "
+                     f"p < {alpha}).")
+    return lines
+
+
+def cost_markdown(summary: pd.DataFrame, num_layers: int) -> str:
+    """The training-cost answers as a Markdown table."""
+    half = max(num_layers // 2, 1)
+    columns = {"method": summary["method"], "runs": summary["runs"]}
+    for unit, name in (("cpu_s", "CPU time"), ("s", "wall time"), ("steps", "steps")):
+        columns[f"cost / RDsc ({name})"] = [
+            _ci_text(*r, digits=2) for r in summary[[f"ratio_{unit}", f"ratio_{unit}_low", f"ratio_{unit}_high"]].values]
+        columns[f"saving ({name})"] = summary[f"saving_{unit}_pct"].map(lambda v: "" if pd.isna(v) else f"{v:.0f} %")
+    columns[f"reached RDsc's final valid WER at n={half} (sooner)"] = [
+        f"{r} ({s})" for r, s in summary[["reached_half", "sooner_half"]].values]
+    columns[f"... at n={num_layers} (sooner)"] = [f"{r} ({s})" for r, s in summary[["reached_full", "sooner_full"]].values]
+    return markdown_table(pd.DataFrame(columns))
+
+
+def write_study_report(study_root: str | Path, output_folder: Optional[str | Path] = None,
+                       expected: Optional[Sequence] = None, n_boot: int = 10000, header: str = "") -> Path:
+    """Aggregate every finished run under ``study_root`` (see :mod:`dld_brain.study`) into
+    ``<output_folder>/study.md`` with its CSV tables (``summary``, ``significance``, ``cost_curves``,
+    ``cost_runs``, ``cost_summary``) and plots (``study_wer_vs_params.png``, ``study_cost.png``);
+    ``expected``: the runs the study should have (the missing ones are listed). Returns the .md path."""
+    from dld_brain import study
+
+    root = Path(study_root)
+    out = Path(output_folder or root)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = study.find_runs(root)
+    sweeps = study.collect_sweeps(root, runs)
+    num_layers = int(sweeps["depth"].max())
+    summary = study.depth_summary(sweeps)
+    summary.to_csv(out / "summary.csv", index=False)
+    utts = study.collect_utterances(root, runs)
+    sig = study.significance_table(sweeps, utts, n_boot=n_boot)
+    sig.to_csv(out / "significance.csv", index=False)
+    plot_summary(summary, out / "study_wer_vs_params.png")
+    counts = sweeps.drop_duplicates(["fold", "seed", "method"]).groupby("method", sort=False).size()
+    lines = [header or "# FSDD study", "",
+             f"Finished runs: {len(runs)} ({', '.join(f'{m}: {n}' for m, n in counts.items())}); folds "
+             f"{sorted(set(sweeps['fold']))}, seeds {sorted(set(sweeps['seed']))}."]
+    if expected is not None:
+        missing = sorted(r.name for r in set(expected) - set(runs))
+        lines.append(f"Missing runs ({len(missing)}): {', '.join(missing) if missing else 'none'}.")
+    lines += ["", "## Test WER (%) per depth: mean [95 % t-interval] over folds x seeds", "",
+              markdown_table(summary_table(summary)), "", "![WER vs executed parameters](study_wer_vs_params.png)",
+              "", "## Paired differences (WER points; negative: the first method is better)", ""]
+    if sig.empty:
+        lines.append("No pair of methods with common runs yet.")
+    else:
+        lines += [significance_markdown(sig), "", *[f"- {v}" for v in verdict(sig)]]
+    try:
+        logs = study.collect_epoch_logs(root, runs)
+    except study.StudyError as err:
+        lines += ["", f"## Training cost", "", f"Not available: {err}"]
+    else:
+        curves = study.cost_curves(logs, num_layers)
+        curves.to_csv(out / "cost_curves.csv", index=False)
+        plot_cost_curves(curves, out / "study_cost.png", num_layers)
+        answers = study.cost_answers(curves)
+        answers.to_csv(out / "cost_runs.csv", index=False)
+        lines += ["", "## Training cost vs quality", "",
+                  "Whole training cost of teacher + RDLD/DLD relative to RDsc's (same fold and seed; time = "
+                  "training + validation epochs, CPU seconds of the run's process and wall seconds, the latter "
+                  "noisy on a shared machine; steps = optimiser steps, of unequal cost: a DLD step also runs "
+                  "the teacher), and in how many runs the method's validation WER reached RDsc's final "
+                  "validation WER (at the epoch of RDsc's kept checkpoint) at all, and with less cumulative "
+                  "CPU time than RDsc itself needed. The paper claims a 33 % saving (ratio 0.67).", ""]
+        if answers.empty:
+            lines.append("No fold and seed has both RDsc and RDLD/DLD yet.")
+        else:
+            cost = study.cost_summary(answers)
+            cost.to_csv(out / "cost_summary.csv", index=False)
+            lines.append(cost_markdown(cost, num_layers))
+        teacher = logs[logs["method"] == "teacher"].groupby(["fold", "seed"])[["cum_s", "cum_cpu_s"]].max()
+        if len(teacher):
+            lines += ["", f"Teacher alone: {teacher['cum_cpu_s'].mean() / 60:.1f} CPU min "
+                          f"({teacher['cum_s'].mean() / 60:.1f} wall min) mean per run ({len(teacher)} runs)."]
+        lines += ["", "![validation WER vs cumulative training time](study_cost.png)"]
+    md = out / "study.md"
+    md.write_text("\n".join(lines) + "\n")
     return md
 
 
