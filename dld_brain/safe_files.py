@@ -115,10 +115,10 @@ def verify_tree(root: PathLike, members: Sequence[str], expected: str, expected_
     actual, count = tree_digest(root, members, file_digest)
     if actual == expected.strip().lower():
         return actual
+    why = "same file count, so some content differs" if count == expected_files else "files missing or extra"
     raise HashMismatchError(
         f"{what}: expected content digest {expected.strip().lower()} over {expected_files} files, got {actual} over "
-        f"{count} files ({'same file count, so some content differs' if count == expected_files else 'files missing or extra'}); "
-        "nothing was put in place")
+        f"{count} files ({why}); nothing was put in place")
 
 
 def _progress_hook(description: str) -> tuple[Optional[Callable], Callable[[], None]]:

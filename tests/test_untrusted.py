@@ -125,11 +125,13 @@ def fsdd_pinned_to_clips(tmp_path, fsdd_dir, monkeypatch):
     return archive, digest
 
 
-def test_untrusted_fsdd_download_with_pinned_content_needs_no_archive_hash(tmp_path, fsdd_dir, fsdd_pinned_to_clips):
+def test_untrusted_fsdd_download_with_pinned_content_needs_no_archive_hash(tmp_path, fsdd_dir,
+                                                                         fsdd_pinned_to_clips):
     archive, _ = fsdd_pinned_to_clips
     fsdd_release(archive, fsdd_dir)
     root = fsdd.locate_fsdd(tmp_path / "data", download=True)
-    assert root == tmp_path / "data" and leftovers(root) == ["recordings"] + [f"recordings/{n}" for n in sorted(FSDD_CLIPS)]
+    assert root == tmp_path / "data"
+    assert leftovers(root) == ["recordings"] + [f"recordings/{n}" for n in sorted(FSDD_CLIPS)]
     for name in FSDD_CLIPS:  # only the wavs of recordings/ are kept, byte for byte
         assert (root / "recordings" / name).read_bytes() == (fsdd_dir / "recordings" / name).read_bytes()
 
@@ -137,7 +139,8 @@ def test_untrusted_fsdd_download_with_pinned_content_needs_no_archive_hash(tmp_p
 @pytest.mark.parametrize("change", ["tampered", "extra"])
 def test_untrusted_fsdd_download_with_other_content_is_refused(tmp_path, fsdd_dir, fsdd_pinned_to_clips, change):
     archive, pinned = fsdd_pinned_to_clips
-    fsdd_release(archive, fsdd_dir, **({"tamper": "1_theo_0.wav"} if change == "tampered" else {"extra": "2_lucas_9.wav"}))
+    changes = {"tampered": {"tamper": "1_theo_0.wav"}, "extra": {"extra": "2_lucas_9.wav"}}
+    fsdd_release(archive, fsdd_dir, **changes[change])
     with pytest.raises(DataPrepError) as err:
         fsdd.locate_fsdd(tmp_path / "data", download=True)
     message = str(err.value)
