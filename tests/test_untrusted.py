@@ -166,13 +166,17 @@ def test_untrusted_fsdd_content_pin_is_the_shared_copy(fsdd_dir):
     assert tree_digest(fsdd_dir, ["recordings"]) == (fsdd.FSDD_CONTENT_SHA256, fsdd.FSDD_CONTENT_FILES)
 
 
-def test_untrusted_speech_to_intent_content_pin_is_the_shared_copy():
-    """The pin is the digest of the real coffee orders (audio/*.flac decoded + labels.csv, see SOURCE.md)."""
-    folder = SHARED_DATA / "speech_to_intent"
-    if not (folder / "labels.csv").is_file():
-        pytest.skip(f"real audio not found at {folder}")
-    assert tree_digest(folder, s2i.S2I_CONTENT_MEMBERS, s2i.audio_digest) == \
-        (s2i.S2I_CONTENT_SHA256, s2i.S2I_CONTENT_FILES)
+def test_untrusted_speech_to_intent_without_any_pin_is_refused_with_the_hash_that_arrived(tmp_path, monkeypatch):
+    """No content pin for the coffee orders yet (see S2I_CONTENT_SHA256) and no archive sha256: refused."""
+    archive = zip_with(tmp_path / "release.zip", {f"top-{s2i.S2I_COMMIT}/data/label/label.json": b"{}"})
+    monkeypatch.delenv("DLD_S2I_SHA256", raising=False)
+    monkeypatch.setattr(s2i, "S2I_SHA256", None)
+    monkeypatch.setattr(s2i, "S2I_CONTENT_SHA256", None)
+    with pytest.raises(DataPrepError) as err:
+        s2i.locate_speech_to_intent(tmp_path / "data", download=True, url=archive.as_uri())
+    message = str(err.value)
+    assert "no sha256 is pinned" in message and sha(archive) in message and "DLD_S2I_SHA256" in message
+    assert "\n" not in message and leftovers(tmp_path / "data") == []
 
 
 def test_untrusted_speech_to_intent_download_verifies_what_it_builds(tmp_path, monkeypatch):
