@@ -21,6 +21,10 @@ for precision in fp32 bf16; do
     python3 benchmarks/train_step.py --device cuda --precision "$precision" --steps 20 2>&1 \
         | tee "$out/train_step_$precision.txt" || status=1
 done
+# The paper's batch (max_batch_length: 600 s per GPU) in its worst bucket (17 x 35 s), and the batch that fits
+# 40 GB and 80 GB cards (docs/gpu_check.md, "Memory at the paper's batch size")
+python3 benchmarks/train_step.py --device cuda --batch_seconds 600 --seconds 35 --precision fp32 bf16 \
+    --steps 10 --fit_gib 40 80 2>&1 | tee "$out/train_step_600s.txt" || status=1
 python3 benchmarks/encoder_latency.py --device cuda --repeats 20 2>&1 | tee "$out/encoder_latency.txt" || status=1
 python3 benchmarks/encoder_latency.py --device cuda --repeats 20 --batch 32 2>&1 \
     | tee "$out/encoder_latency_b32.txt" || status=1

@@ -27,7 +27,7 @@ def test_train_step_at_batch_seconds_runs_small_on_cpu():
     """Static, RD and DLD rows with step time, and peak memory with sampled gates and with every layer kept."""
     cmd = [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--small", "--device", "cpu",
            "--batch_seconds", "4", "--seconds", "2", "--steps", "1", "--precision", "fp32"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1800)  # 6 processes
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "batch 2 x 2 s = 4 s of audio (--batch_seconds 4)" in out

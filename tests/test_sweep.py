@@ -6,7 +6,6 @@ import multiprocessing
 import os
 from pathlib import Path
 
-import pytest
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
