@@ -85,7 +85,8 @@ def main() -> None:
         quantize_edge(edge_dir, tmp / "edge_int8")
         quantize_edge(edge_dir, tmp / "edge_int8_conv", ops=None)  # convolutions quantised too
         export_s = time.perf_counter() - start
-        edge = {"fp32": EdgeASR(edge_dir, threads=args.threads), "int8": EdgeASR(tmp / "edge_int8", threads=args.threads),
+        edge = {"fp32": EdgeASR(edge_dir, threads=args.threads),
+                "int8": EdgeASR(tmp / "edge_int8", threads=args.threads),
                 "int8_conv": EdgeASR(tmp / "edge_int8_conv", threads=args.threads)}
         sizes = {"per-depth graphs (all depths)": folder_size(tmp, "encoder_ctc_n*.onnx"),
                  "edge artifact fp32": folder_size(edge_dir), "edge artifact int8": folder_size(tmp / "edge_int8"),
@@ -136,8 +137,10 @@ def main() -> None:
                 with torch.no_grad():
                     t_feats = asr._features(torch.from_numpy(audio)[None], lens)
                 hyps = {"torch": asr.transcribe_file(wav, depth=depth)}
-                lp = torch.from_numpy(per_depth[depth].run(None, {"feats": t_feats.numpy(), "wav_lens": lens.numpy()})[0])
-                hyps["per_depth"] = sp.decode_ids([int(i) for i in sb.decoders.ctc_greedy_decode(lp, lens, blank_id=0)[0]])
+                feed = {"feats": t_feats.numpy(), "wav_lens": lens.numpy()}
+                lp = torch.from_numpy(per_depth[depth].run(None, feed)[0])
+                best = sb.decoders.ctc_greedy_decode(lp, lens, blank_id=asr.hparams.blank_index)[0]
+                hyps["per_depth"] = sp.decode_ids([int(i) for i in best])
                 for kind in ("fp32", "int8"):
                     hyps[kind] = edge[kind].transcribe_file(wav, depth=depth)
                 hyps["lexicon"] = edge["fp32"].transcribe_file(wav, depth=depth, decoder="lexicon")
@@ -148,7 +151,8 @@ def main() -> None:
             wer.append((depth, {k: 100 * v / words for k, v in errors.items()}, same))
 
     print(f"machine: {describe_machine('cpu')}; onnxruntime {ort.__version__}; {args.threads} thread(s)")
-    print(f"model: {args.model} ({num_layers} layers, d_model {model.config['d_model']}); export + int8: {export_s:.0f} s")
+    print(f"model: {args.model} ({num_layers} layers, d_model {model.config['d_model']}); "
+          f"export + int8: {export_s:.0f} s")
     print(f"latency input: {args.seconds:.0f} s of real test audio, batch 1; median of {args.repeats} round-robin "
           f"repeats; features: NumPy {feat_ms:.1f} ms, SpeechBrain {sb_ms:.1f} ms (not in the table)\n")
     print("| on disk | bytes | vs per-depth graphs |\n| --- | --- | --- |")
