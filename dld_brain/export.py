@@ -6,8 +6,9 @@ follows SpeechBrain's ``<loadable>.ckpt`` convention), ``normalize.ckpt`` and, f
 ``tokenizer.ckpt`` (the SentencePiece model) or, for an utterance classifier, ``label_encoder.ckpt`` (the label
 encoder; SpeechBrain's Pretrainer looks for ``<name>.ckpt``). A CTC bundle also carries its decoder
 (``decoder``: beam size, LM weight, word score; the lexicon and KenLM files as ``lexicon_file.ckpt`` /
-``lm_file.ckpt`` when used) and the ``encoder`` / ``decoding_function`` entries that let SpeechBrain's own
-``EncoderASR.from_hparams(source=...)`` load it. Load it with
+``lm_file.ckpt`` when used), the ``encoder`` / ``decoding_function`` entries, and a copy of ``inference.yaml``
+as ``hyperparams.yaml``, so that SpeechBrain's own ``EncoderASR.from_hparams(source=..., savedir=...)`` loads
+it. Load it with
 ``dld_brain.inference.DynamicDepthASR.from_hparams(source=...)`` (transcription) or
 ``DynamicDepthClassifier`` (intent classification). Paths inside are relative to the folder, so the bundle
 can be moved or uploaded as is.
