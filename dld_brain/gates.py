@@ -135,6 +135,39 @@ class DynamicDepthMixin:
         self.inference_layers: Optional[list[int]] = None  # None = all layers
         self.last_layers: list[int] = list(range(num_layers))
 
+    def gated_layers(self, gates: torch.Tensor, batch_size: int) -> list[int]:
+        """Check per-utterance gates (batch_size, num_layers) and return the layers some utterance keeps
+        (gate != 0); a layer every utterance skips is not computed. Gradients flow to the gates of the rest."""
+        if gates.dim() != 2 or tuple(gates.shape) != (batch_size, self.num_layers):
+            raise DepthError(f"gates must have shape (batch, num_layers) = ({batch_size}, {self.num_layers}), "
+                             f"got {tuple(gates.shape)}")
+        return [int(i) for i in torch.nonzero(gates.detach().ne(0).any(dim=0)).flatten()]
+
+    def run_gated_layers(self, src: torch.Tensor, layers, gates, call_layer):
+        """The gated forward shared by the encoders: run ``call_layer(layer, y) -> (f(y), attention)`` on the
+        chosen layers only (``layers`` for the batch, or per-utterance ``gates``), then the final norm.
+        Returns what SpeechBrain's encoders return: (output, attentions[, hidden states])."""
+        if gates is not None and layers is not None:
+            raise DepthError("give either layers (one list for the batch) or gates (per utterance), not both")
+        run = self.gated_layers(gates, src.shape[0]) if gates is not None else self.active_layers(layers)
+        self.last_layers = run
+        output = src
+        attention_lst = []
+        hidden_state_lst = [output]
+        for i in run:
+            new, attention = call_layer(self.layers[i], output)
+            if gates is not None:  # per utterance: y + g (f(y) - y), exact for g in {0, 1}
+                g = gates[:, i].to(new.dtype)[:, None, None]
+                new = g * new + (1.0 - g) * output
+            output = new
+            attention_lst.append(attention)
+            if self.output_hidden_states:
+                hidden_state_lst.append(output)
+        output = self.norm(output)
+        if self.output_hidden_states:
+            return output, attention_lst, hidden_state_lst
+        return output, attention_lst
+
     @property
     def drop_prob(self) -> float:
         """Probability that a layer is skipped in a training batch (0 = static training)."""

@@ -15,7 +15,7 @@ from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import RelPosEncXL
 
-from dld_brain.gates import DepthError, DynamicDepthMixin
+from dld_brain.gates import DynamicDepthMixin
 
 
 class GatedConformerEncoder(DynamicDepthMixin, ConformerEncoder):
@@ -67,14 +67,6 @@ class GatedConformerEncoder(DynamicDepthMixin, ConformerEncoder):
         )
         self._init_gates(num_layers, drop_prob, gate_seed, depth_policy)
 
-    def gated_layers(self, gates: torch.Tensor, batch_size: int) -> list[int]:
-        """Check per-utterance gates (batch_size, num_layers) and return the layers some utterance keeps
-        (gate != 0); a layer every utterance skips is not computed. Gradients flow to the gates of the rest."""
-        if gates.dim() != 2 or tuple(gates.shape) != (batch_size, self.num_layers):
-            raise DepthError(f"gates must have shape (batch, num_layers) = ({batch_size}, {self.num_layers}), "
-                             f"got {tuple(gates.shape)}")
-        return [int(i) for i in torch.nonzero(gates.detach().ne(0).any(dim=0)).flatten()]
-
     def forward(
         self,
         src: torch.Tensor,
@@ -89,32 +81,9 @@ class GatedConformerEncoder(DynamicDepthMixin, ConformerEncoder):
         explicit list for the batch) or ``gates`` (B, num_layers) per-utterance gates, see :meth:`gated_layers`."""
         if self.attention_type == "RelPosMHAXL" and pos_embs is None:
             raise ValueError("RelPosMHAXL attention needs pos_embs (see speechbrain.nnet.attention.RelPosEncXL)")
-        if gates is not None and layers is not None:
-            raise DepthError("give either layers (one list for the batch) or gates (per utterance), not both")
-        run = self.gated_layers(gates, src.shape[0]) if gates is not None else self.active_layers(layers)
-        self.last_layers = run
-        output = src
-        attention_lst = []
-        hidden_state_lst = [output]
-        for i in run:
-            new, attention = self.layers[i](
-                output,
-                src_mask=src_mask,
-                src_key_padding_mask=src_key_padding_mask,
-                pos_embs=pos_embs,
-                dynchunktrain_config=dynchunktrain_config,
-            )
-            if gates is not None:  # per utterance: y + g (f(y) - y), exact for g in {0, 1}
-                g = gates[:, i].to(new.dtype)[:, None, None]
-                new = g * new + (1.0 - g) * output
-            output = new
-            attention_lst.append(attention)
-            if self.output_hidden_states:
-                hidden_state_lst.append(output)
-        output = self.norm(output)
-        if self.output_hidden_states:
-            return output, attention_lst, hidden_state_lst
-        return output, attention_lst
+        return self.run_gated_layers(src, layers, gates, lambda layer, y: layer(
+            y, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask, pos_embs=pos_embs,
+            dynchunktrain_config=dynchunktrain_config))
 
 
 class ConformerCTC(torch.nn.Module):

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from speechbrain.lobes.models.transformer.Transformer import TransformerEncoder
 
-from dld_brain.gates import DepthError, DynamicDepthMixin
+from dld_brain.gates import DynamicDepthMixin
 
 
 class GatedTransformerEncoder(DynamicDepthMixin, TransformerEncoder):
@@ -29,13 +29,6 @@ class GatedTransformerEncoder(DynamicDepthMixin, TransformerEncoder):
         super().__init__(num_layers, nhead, d_ffn, *args, **kwargs)
         self._init_gates(num_layers, drop_prob, gate_seed, depth_policy)
 
-    def gated_layers(self, gates: torch.Tensor, batch_size: int) -> list[int]:
-        """Check per-utterance gates (batch_size, num_layers); return the layers some utterance keeps."""
-        if gates.dim() != 2 or tuple(gates.shape) != (batch_size, self.num_layers):
-            raise DepthError(f"gates must have shape (batch, num_layers) = ({batch_size}, {self.num_layers}), "
-                             f"got {tuple(gates.shape)}")
-        return [int(i) for i in torch.nonzero(gates.detach().ne(0).any(dim=0)).flatten()]
-
     def forward(
         self,
         src: torch.Tensor,
@@ -50,24 +43,5 @@ class GatedTransformerEncoder(DynamicDepthMixin, TransformerEncoder):
         (one list for the batch) or ``gates`` (B, num_layers) per utterance."""
         if dynchunktrain_config is not None:
             raise ValueError("Dynamic Chunk Training is not supported by the transformer encoder")
-        if gates is not None and layers is not None:
-            raise DepthError("give either layers (one list for the batch) or gates (per utterance), not both")
-        run = self.gated_layers(gates, src.shape[0]) if gates is not None else self.active_layers(layers)
-        self.last_layers = run
-        output = src
-        attention_lst = []
-        hidden_state_lst = [output]
-        for i in run:
-            new, attention = self.layers[i](
-                output, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask, pos_embs=pos_embs)
-            if gates is not None:  # per utterance: y + g (f(y) - y), exact for g in {0, 1}
-                g = gates[:, i].to(new.dtype)[:, None, None]
-                new = g * new + (1.0 - g) * output
-            output = new
-            attention_lst.append(attention)
-            if self.output_hidden_states:
-                hidden_state_lst.append(output)
-        output = self.norm(output)
-        if self.output_hidden_states:
-            return output, attention_lst, hidden_state_lst
-        return output, attention_lst
+        return self.run_gated_layers(src, layers, gates, lambda layer, y: layer(
+            y, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask, pos_embs=pos_embs))
