@@ -273,7 +273,7 @@ def test_study_command_shrunk_resume_export_aggregate(tmp_path, fsdd_dir, run_st
             assert "utt_errors_test.csv" in exported and "run.json" in exported
             assert not any(p.endswith(".ckpt") for p in exported) and not (run.folder(docs) / "save").exists()
     report = (docs / "study.md").read_text()
-    assert "Missing runs (28)" in report  # 3 folds x 3 seeds x 4 methods expected, 8 finished
+    assert "Missing runs (16)" in report  # 3 folds x 2 seeds x 4 methods expected, 8 finished
     assert "| depth | enc. params (M) | teacher | rdsc | rdld | dld |" in report
     assert "DLD vs RDLD:" in report and "DLD vs RDSC:" in report and "reached RDsc's final valid WER" in report
     summary = pd.read_csv(docs / "summary.csv")
