@@ -275,7 +275,7 @@ def test_study_command_shrunk_resume_export_aggregate(tmp_path, fsdd_dir, run_st
     report = (docs / "study.md").read_text()
     assert "Missing runs (16)" in report  # 3 folds x 2 seeds x 4 methods expected, 8 finished
     assert "| depth | enc. params (M) | teacher | rdsc | rdld | dld |" in report
-    assert "DLD vs RDLD:" in report and "DLD vs RDSC:" in report and "reached RDsc's final valid WER" in report
+    assert "DLD vs RDLD:" in report and "DLD vs RDsc:" in report and "reached RDsc's final valid WER" in report
     summary = pd.read_csv(docs / "summary.csv")
     assert set(summary["method"]) == set(study.METHODS) and (summary["n"] == 2).all()
     assert sorted(set(summary["depth"])) == [2, 4]

@@ -47,7 +47,8 @@ STUDY_OVERRIDES = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folds", type=int, default=3, help="number of rotating speaker folds (2..6; 3: 3 train / 1 valid / 2 test speakers, 6: 4 / 1 / 1)")
+    parser.add_argument("--folds", type=int, default=3, help="number of rotating speaker folds (2..6; 3: 3 train "
+                                                              "/ 1 valid / 2 test speakers, 6: 4 / 1 / 1)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..S per fold and method")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--output", default="results/study", help="where the runs train (checkpoints)")
