@@ -12,6 +12,8 @@ import pandas as pd
 from dld_brain.sweep import markdown_table
 
 STATIC_METHODS = ("teacher", "static")
+#: method names as the paper writes them (for sentences)
+DISPLAY = {"teacher": "teacher", "rdsc": "RDsc", "rdld": "RDLD", "dld": "DLD"}
 
 
 def load_sweeps(csv_paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -209,8 +211,8 @@ def verdict(sig: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         better = group[(group["p_value"] < alpha) & (group["diff"] < 0)]["depth"].tolist()
         worse = group[(group["p_value"] < alpha) & (group["diff"] > 0)]["depth"].tolist()
         tied = group[~group["depth"].isin(better + worse)]["depth"].tolist()
-        lines.append(f"{a.upper()} vs {b.upper()}: lower WER at depths {better or 'none'}, higher at "
-                     f"{worse or 'none'}, no significant difference at {tied or 'none'} (paired bootstrap, "
+        lines.append(f"{DISPLAY.get(a, a)} vs {DISPLAY.get(b, b)}: lower WER at depths {better or 'none'}, "
+                     f"higher at {worse or 'none'}, no significant difference at {tied or 'none'} (paired bootstrap, "
                      f"p < {alpha}).")
     return lines
 
@@ -220,12 +222,13 @@ def cost_markdown(summary: pd.DataFrame, num_layers: int) -> str:
     half = max(num_layers // 2, 1)
     columns = {"method": summary["method"], "runs": summary["runs"]}
     for unit, name in (("cpu_s", "CPU time"), ("s", "wall time"), ("steps", "steps")):
-        columns[f"cost / RDsc ({name})"] = [
-            _ci_text(*r, digits=2) for r in summary[[f"ratio_{unit}", f"ratio_{unit}_low", f"ratio_{unit}_high"]].values]
+        ratios = summary[[f"ratio_{unit}", f"ratio_{unit}_low", f"ratio_{unit}_high"]].values
+        columns[f"cost / RDsc ({name})"] = [_ci_text(*r, digits=2) for r in ratios]
         columns[f"saving ({name})"] = summary[f"saving_{unit}_pct"].map(lambda v: "" if pd.isna(v) else f"{v:.0f} %")
     columns[f"reached RDsc's final valid WER at n={half} (sooner)"] = [
         f"{r} ({s})" for r, s in summary[["reached_half", "sooner_half"]].values]
-    columns[f"... at n={num_layers} (sooner)"] = [f"{r} ({s})" for r, s in summary[["reached_full", "sooner_full"]].values]
+    columns[f"... at n={num_layers} (sooner)"] = [
+        f"{r} ({s})" for r, s in summary[["reached_full", "sooner_full"]].values]
     return markdown_table(pd.DataFrame(columns))
 
 

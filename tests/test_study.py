@@ -113,11 +113,11 @@ def test_paired_bootstrap_keeps_seeds_of_an_utterance_together():
 def test_paired_bootstrap_false_positive_rate_is_near_alpha():
     rng = np.random.default_rng(1)
     rejections = 0
-    for _ in range(200):
+    for _ in range(120):
         noise = rng.integers(0, 3, size=(2, 3, 2, 40))  # method, fold, seed, utterance: same distribution
         utts = synthetic_utts(lambda f, s, i: noise[0, f, s - 1, i], lambda f, s, i: noise[1, f, s - 1, i])
-        rejections += study.paired_bootstrap(utts, "a", "b", 2, n_boot=500, seed=2)["p_value"] < 0.05
-    assert 0.01 <= rejections / 200 <= 0.11
+        rejections += study.paired_bootstrap(utts, "a", "b", 2, n_boot=400, seed=2)["p_value"] < 0.05
+    assert 1 <= rejections <= 13  # about 5 % of 120 (6) are expected
 
 
 def test_run_level_differences_and_depth_summary():
@@ -273,9 +273,9 @@ def test_study_command_shrunk_resume_export_aggregate(tmp_path, fsdd_dir, run_st
             assert "utt_errors_test.csv" in exported and "run.json" in exported
             assert not any(p.endswith(".ckpt") for p in exported) and not (run.folder(docs) / "save").exists()
     report = (docs / "study.md").read_text()
-    assert "Missing runs (28)" in report  # 3 folds x 3 seeds x 4 methods expected, 8 finished
+    assert "Missing runs (16)" in report  # 3 folds x 2 seeds x 4 methods expected, 8 finished
     assert "| depth | enc. params (M) | teacher | rdsc | rdld | dld |" in report
-    assert "DLD vs RDLD:" in report and "DLD vs RDSC:" in report and "reached RDsc's final valid WER" in report
+    assert "DLD vs RDLD:" in report and "DLD vs RDsc:" in report and "reached RDsc's final valid WER" in report
     summary = pd.read_csv(docs / "summary.csv")
     assert set(summary["method"]) == set(study.METHODS) and (summary["n"] == 2).all()
     assert sorted(set(summary["depth"])) == [2, 4]

@@ -6,8 +6,9 @@ random silences, resample to 16 kHz and split speaker-disjointly: training uses 
 speakers (``train_copies`` differently shuffled passes); the held-out speakers' takes 0-24 form the validation
 set and takes 25-49 the test set, each take used once. With ``valid_speakers`` (e.g. a speaker fold from
 :func:`speaker_fold`) validation and test speakers differ too: the validation speakers' takes 0-24 form the
-validation set and every take of the held-out speakers the test set. One seeded ``random.Random`` drives everything, so the
-same arguments give byte-identical manifests and audio. The derived audio stays CC BY-SA 4.0.
+validation set and every take of the held-out speakers the test set.
+One seeded ``random.Random`` drives everything, so the same arguments give byte-identical manifests and
+audio. The derived audio stays CC BY-SA 4.0.
 """
 
 from __future__ import annotations

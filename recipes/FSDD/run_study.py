@@ -47,7 +47,8 @@ STUDY_OVERRIDES = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folds", type=int, default=3, help="number of rotating speaker folds (2..6; 3: 3 train / 1 valid / 2 test speakers, 6: 4 / 1 / 1)")
+    parser.add_argument("--folds", type=int, default=3, help="number of rotating speaker folds (2..6; 3: 3 train "
+                                                              "/ 1 valid / 2 test speakers, 6: 4 / 1 / 1)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..S per fold and method")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--output", default="results/study", help="where the runs train (checkpoints)")
@@ -99,8 +100,11 @@ def recipe_module():
 
 def run_in_this_process(argv: list) -> None:
     """What ``python recipes/FSDD/train.py ARGV`` does, in this (forked) process."""
+    import torch
+
     from dld_brain.recipe import run_asr_recipe
 
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     prepare = recipe_module().prepare
     main_guard(lambda: run_asr_recipe(argv, prepare))
 
@@ -141,9 +145,12 @@ def main(argv=None) -> None:
         todo = [r for r in wanted if not study.is_finished(r.folder(args.output))]
         print(f"{len(wanted) - len(todo)} of {len(wanted)} runs already finished; {len(todo)} to run "
               f"({args.jobs} at a time)", flush=True)
+        threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+        print(f"OMP_NUM_THREADS={threads} (threads per run)", flush=True)
         if todo:
             prepare_folds(args, todo)
         names = {r.name for r in todo}
+
         def command(run: study.Run):
             argv = [str(HPARAMS / f"{run.method}.yaml"), *run_overrides(args, run)]
             return functools.partial(run_in_this_process, argv) if args.fork else [sys.executable, str(TRAIN), *argv]
@@ -162,8 +169,6 @@ def main(argv=None) -> None:
             if args.export:
                 study.export_run(run.folder(args.output), run.folder(args.export))
 
-        env_threads = os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per run: jobs share the cores
-        print(f"OMP_NUM_THREADS={env_threads}", flush=True)
         run_jobs(jobs, args.jobs, on_done=finished)
         if args.export:  # runs finished by earlier invocations too
             for run in study.find_runs(args.output):
