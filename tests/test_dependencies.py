@@ -16,6 +16,7 @@ from conftest import REPO
 USED_INDIRECTLY = {
     "sentencepiece": "speechbrain.tokenizers.SentencePiece (dld_brain.dataio.train_tokenizer)",
     "onnx": "torch.onnx.export (dld_brain.export)",
+    "flashlight-text": "torchaudio.models.decoder.ctc_decoder (dld_brain.decoding)",
 }
 
 
