@@ -44,3 +44,19 @@ def fsdd_dir() -> Path:
     if not (FSDD_DIR / "recordings").is_dir():
         pytest.skip(f"real audio not found at {FSDD_DIR}")
     return FSDD_DIR
+
+
+@pytest.fixture(autouse=True)
+def no_log_handlers_on_closed_streams():
+    """Drop log handlers left writing to a stream that has since been closed (an earlier test's captured
+    stdout/stderr, kept by a handler SpeechBrain's experiment set-up installed): logging to them prints
+    '--- Logging error ---' tracebacks into the next test's captured output."""
+    import logging
+
+    loggers = [logging.getLogger()] + [item for item in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(item, logging.Logger)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
+    yield

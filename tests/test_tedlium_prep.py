@@ -201,8 +201,6 @@ def test_cross_corpus_every_tedlium_reference_is_scored(tmp_path, fsdd_dir):
     on a TED-LIUM-layout test set whose references hold ``IT'S`` and a digit: every reference is in the WER
     (the units it cannot output count as errors), a row with unreadable audio is scored as an empty
     hypothesis, and the counts are logged and in the sweep table."""
-    import sys
-
     import torch
     from conftest import REPO
     from corpus_fixtures import make_librispeech_fixture
@@ -219,8 +217,14 @@ def test_cross_corpus_every_tedlium_reference_is_scored(tmp_path, fsdd_dir):
     first = next(parse_stm(stm))  # the same speech, transcribed with a numeral
     append(stm, f"{first.talk} 1 {first.talk} {first.start:.2f} {first.end - 0.01:.2f} <o,f0,male> "
                 f"{first.text.split()[0]} 2 {' '.join(first.text.split()[1:])}")
-    sys.path.insert(0, str(REPO / "recipes" / "LibriSpeech"))
-    from train import add_cross_domain, prepare
+    import importlib.util
+
+    # by path under its own name: another test may have imported recipes/FSDD/train.py as "train"
+    spec = importlib.util.spec_from_file_location("librispeech_recipe_train",
+                                                  REPO / "recipes" / "LibriSpeech" / "train.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    add_cross_domain, prepare = recipe.add_cross_domain, recipe.prepare
 
     args = [str(REPO / "hparams" / "teacher_conformer.yaml"), f"--data_folder={libri}",
             f"--experiment_root={tmp_path / 'exp'}", "--train_splits=[train-clean-100]", "--dev_splits=[dev-clean]",

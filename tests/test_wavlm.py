@@ -333,7 +333,9 @@ def test_inference_bundle_rebuilds_the_wavlm_offline(trained):
         assert isinstance(asr.transcribe_file(wav, depth=depth), str)
 
 
-def test_export_cli_says_waveform_models_are_not_exported(trained, tmp_path):
+def test_export_cli_says_waveform_models_are_not_exported(trained, tmp_path, capsys):
     root, _, _ = trained
-    with pytest.raises(SystemExit, match="reads raw waveforms"):
+    with pytest.raises(SystemExit) as exit_info:
         export_main(["--model", str(root / "dld" / "inference"), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2  # a user error: one line on stderr, no traceback
+    assert "reads raw waveforms" in capsys.readouterr().err
