@@ -35,7 +35,7 @@ from speechbrain.lobes.models.transformer.Transformer import TransformerEncoder
 from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask, make_transformer_src_tgt_masks
 
 from dld_brain.gates import DynamicDepthMixin
-from dld_brain.lobes.conformer import GatedConformerEncoder
+from dld_brain.lobes.conformer import CTCOutputMixin, GatedConformerEncoder
 from dld_brain.lobes.transformer import GatedTransformerEncoder
 
 #: SpeechBrain encoder class -> its gated twin (exact type match: subclasses may change the forward)
@@ -99,7 +99,7 @@ def dynamic_encoders(model: torch.nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, DynamicDepthMixin)]
 
 
-class TransformerCTC(torch.nn.Module):
+class TransformerCTC(CTCOutputMixin, torch.nn.Module):
     """CTC model made of a SpeechBrain ``TransformerASR``'s encoder side: ``frontend`` (e.g. the recipe's
     ``CNN``), the ASR's source module, positional encoding and (gated) encoder, and ``ctc_head`` (its
     ``ctc_lin``). Same interface as :class:`dld_brain.lobes.ConformerCTC`: ``forward(feats, wav_lens,
@@ -149,17 +149,6 @@ class TransformerCTC(torch.nn.Module):
                            layers=layers, gates=gates)
         return out[0]
 
-    def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """CTC head: encoder output -> log-probabilities in float32."""
-        return torch.log_softmax(self.ctc_head(hidden).float(), dim=-1)
-
-    def encode(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
-        """Front-end + gated encoder: (B, T, n_mels) -> (B, T', d_model)."""
-        return self.run_layers(*self.embed(feats, wav_lens), layers=layers, gates=gates)
-
-    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
-        """CTC log-probabilities (B, T', vocab)."""
-        return self.output(self.encode(feats, wav_lens, layers, gates))
 
 
 def _hparam(hparams, *names):

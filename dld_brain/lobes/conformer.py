@@ -86,7 +86,24 @@ class GatedConformerEncoder(DynamicDepthMixin, ConformerEncoder):
             dynchunktrain_config=dynchunktrain_config))
 
 
-class ConformerCTC(torch.nn.Module):
+class CTCOutputMixin:
+    """The CTC path shared by the gated CTC models: ``embed`` (front-end) and ``run_layers`` (gated encoder)
+    come from the model, the head and the chaining from here."""
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """CTC head: encoder output -> log-probabilities (B, T', vocab) in float32."""
+        return torch.log_softmax(self.ctc_head(hidden).float(), dim=-1)
+
+    def encode(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
+        """Front-end + gated encoder: (B, T, n_mels) -> (B, T', d_model)."""
+        return self.run_layers(*self.embed(feats, wav_lens), layers=layers, gates=gates)
+
+    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
+        """Return CTC log-probabilities (B, T', vocab) computed in float32."""
+        return self.output(self.encode(feats, wav_lens, layers, gates))
+
+
+class ConformerCTC(CTCOutputMixin, torch.nn.Module):
     """Conformer CTC acoustic model: conv subsampling, linear projection, gated conformer, CTC head.
 
     ``forward(feats, wav_lens, layers=None)`` maps normalised filterbanks (B, T, n_mels) to CTC
@@ -167,18 +184,6 @@ class ConformerCTC(torch.nn.Module):
         """Gated encoder on :meth:`embed`'s output, with one ``layers`` list or per-utterance ``gates``."""
         out, _ = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=self.pos_enc(x), layers=layers, gates=gates)
         return out
-
-    def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """CTC head: encoder output -> log-probabilities (B, T', vocab) in float32."""
-        return torch.log_softmax(self.ctc_head(hidden).float(), dim=-1)
-
-    def encode(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
-        """Front-end + gated encoder: (B, T, n_mels) -> (B, T', d_model)."""
-        return self.run_layers(*self.embed(feats, wav_lens), layers=layers, gates=gates)
-
-    def forward(self, feats: torch.Tensor, wav_lens: torch.Tensor, layers=None, gates=None) -> torch.Tensor:
-        """Return CTC log-probabilities (B, T', vocab) computed in float32."""
-        return self.output(self.encode(feats, wav_lens, layers, gates))
 
 
 def _num_params(module: torch.nn.Module) -> int:
