@@ -55,6 +55,18 @@ def wer_table(sweeps: pd.DataFrame, metric: str = "WER") -> pd.DataFrame:
     return table[["test_set", "depth", "enc. params (M)"] + order]
 
 
+def save_params_plot(fig, ax, path: str | Path) -> None:
+    """Finish a metric-vs-executed-parameters plot (x label, grid, legend) and write it to ``path``."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("executed encoder parameters (M)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_wer_vs_params(sweeps: pd.DataFrame, path: str | Path, test_set: str, metric: str = "WER") -> None:
     """WER against executed encoder parameters: one curve per dynamic method, static models as a point."""
     import matplotlib
@@ -75,14 +87,9 @@ def plot_wer_vs_params(sweeps: pd.DataFrame, path: str | Path, test_set: str, me
                        label=f"{method} (full depth)")
         else:
             ax.plot(x, group[metric], marker="o", label=method, color=colour)
-    ax.set_xlabel("executed encoder parameters (M)")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric} vs executed parameters ({test_set})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_params_plot(fig, ax, path)
 
 
 def write_comparison(csv_paths: Sequence[str | Path], output_folder: str | Path, metric: str = "WER",
@@ -151,14 +158,9 @@ def plot_summary(summary: pd.DataFrame, path: str | Path, test_set: str = "test"
                     markersize=12 if method in STATIC_METHODS else 5, capsize=3,
                     linestyle="none" if method in STATIC_METHODS else "-", color=colours[index % len(colours)],
                     label=label)
-    ax.set_xlabel("executed encoder parameters (M)")
     ax.set_ylabel(f"{metric} (%), mean and 95 % CI")
     ax.set_title(f"{metric} vs executed parameters ({test_set}; folds x seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_params_plot(fig, ax, path)
 
 
 def plot_cost_curves(curves: pd.DataFrame, path: str | Path, num_layers: int) -> None:
