@@ -263,7 +263,18 @@ def write_study_report(study_root: str | Path, output_folder: Optional[str | Pat
         lines.append(f"Missing runs ({len(missing)}): {', '.join(missing) if missing else 'none'}.")
     lines += ["", "## Test WER (%) per depth: mean [95 % t-interval] over folds x seeds", "",
               markdown_table(summary_table(summary)), "", "![WER vs executed parameters](study_wer_vs_params.png)",
-              "", "## Paired differences (WER points; negative: the first method is better)", ""]
+              ""]
+    if "WER_beam" in sweeps.columns and sweeps["WER_beam"].notna().any():
+        beam = study.depth_summary(sweeps[sweeps["WER_beam"].notna()], metric="WER_beam")
+        beam.to_csv(out / "summary_beam.csv", index=False)
+        effect = study.beam_effect(sweeps)
+        effect.to_csv(out / "beam_effect.csv", index=False)
+        lines += ["## Test WER (%) with the recipe's beam search (dld_brain.decoding: beam over the lexicon of "
+                  "the training words, so only digit words come out): mean [95 % t-interval]", "",
+                  markdown_table(summary_table(beam)), "",
+                  "What the beam search changes, `WER_beam - WER` in points (negative: it helps), paired "
+                  "within each run: mean [95 % t-interval]", "", markdown_table(summary_table(effect)), ""]
+    lines += ["## Paired differences (WER points; negative: the first method is better)", ""]
     if sig.empty:
         lines.append("No pair of methods with common runs yet.")
     else:

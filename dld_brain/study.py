@@ -215,6 +215,17 @@ def depth_summary(sweeps: pd.DataFrame, metric: str = "WER", confidence: float =
                              else c, ignore_index=True)
 
 
+def beam_effect(sweeps: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """What the recipe's beam search (and its lexicon) changes: per test set, depth and method, the mean
+    ``WER_beam - WER`` (points; negative = beam search helps) over the runs with a t-interval, paired within
+    each run. Empty when the sweeps have no ``WER_beam`` (greedy-only runs)."""
+    if "WER_beam" not in sweeps.columns or not sweeps["WER_beam"].notna().any():
+        return pd.DataFrame()
+    paired = sweeps[sweeps["WER_beam"].notna()]
+    return depth_summary(paired.assign(beam_minus_greedy=paired["WER_beam"] - paired["WER"]),
+                         metric="beam_minus_greedy", confidence=confidence)
+
+
 def _paired_table(utts: pd.DataFrame, a: str, b: str, depth: int) -> pd.DataFrame:
     """Rows ``fold, seed, ID, words, err_a, err_b`` for the utterances both methods decoded at ``depth``."""
     keys = ["fold", "seed", "ID"]

@@ -139,6 +139,21 @@ def test_run_level_differences_and_depth_summary():
     assert (dld["ci_low"], dld["ci_high"]) == pytest.approx(study.t_interval([10, 10, 11, 11, 12, 12])[1:])
 
 
+def test_beam_effect_is_paired_within_runs():
+    rows = []
+    for fold in range(3):
+        for seed in (1, 2):
+            greedy = 20 + 3 * fold + seed  # run-to-run spread much larger than the beam's effect
+            rows.append({"fold": fold, "seed": seed, "method": "dld", "test_set": "test", "depth": 3,
+                         "WER": greedy, "WER_beam": greedy - 2 - 0.1 * seed, "encoder_params": 1000})
+    sweeps = pd.DataFrame(rows)
+    effect = study.beam_effect(sweeps).iloc[0]
+    assert effect["n"] == 6 and effect["mean"] == pytest.approx(-2.15)
+    assert effect["ci_high"] < 0 and effect["ci_high"] - effect["ci_low"] < 0.5  # paired: spread cancels
+    assert study.beam_effect(sweeps.drop(columns="WER_beam")).empty
+    assert study.beam_effect(sweeps.assign(WER_beam=np.nan)).empty
+
+
 def test_parse_wer_details_matches_speechbrain(tmp_path):
     from speechbrain.utils.metric_stats import ErrorRateStats
 
@@ -282,6 +297,10 @@ def test_study_command_shrunk_resume_export_aggregate(tmp_path, fsdd_dir, run_st
     sig = pd.read_csv(docs / "significance.csv")
     assert set(zip(sig["a"], sig["b"])) == set(study.PAIRS) and (sig["runs"] == 2).all()
     assert (docs / "study_wer_vs_params.png").stat().st_size > 1000 and (docs / "study_cost.png").is_file()
+    if "WER_beam" in pd.read_csv(study.Run(0, 1, "dld").folder(out) / "depth_sweep_test.csv"):
+        beam = pd.read_csv(docs / "summary_beam.csv")
+        assert set(beam["method"]) == set(study.METHODS) and (beam["n"] == 2).all()
+        assert "beam search" in report and len(pd.read_csv(docs / "beam_effect.csv")) == len(beam)
 
     # a rerun trains nothing; re-aggregation from the exported CSVs alone gives the same tables
     text = run_study(*SHRUNK, "--output", str(out), "--export", str(docs), "--data_folder", str(fsdd_dir),
