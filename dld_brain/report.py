@@ -205,6 +205,15 @@ def significance_markdown(sig: pd.DataFrame) -> str:
     return markdown_table(table)
 
 
+def run_level_markdown(sig: pd.DataFrame) -> str:
+    """Run-level paired differences (:func:`dld_brain.study.run_level_table`) as a Markdown table."""
+    return markdown_table(pd.DataFrame({
+        "comparison": sig["a"].map(lambda m: DISPLAY.get(m, m)) + " - " + sig["b"].map(lambda m: DISPLAY.get(m, m)),
+        "depth": sig["depth"],
+        "diff over runs, t 95 % CI": [_ci_text(*r, digits=2) for r in sig[["run_diff", "run_ci_low", "run_ci_high"]].values],
+        "p (paired t)": sig["run_p_value"].map(lambda p: "" if pd.isna(p) else f"{p:.3f}"), "runs": sig["runs"]}))
+
+
 def verdict(sig: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     """One sentence per comparison: at which depths the first method is significantly better, worse, or not
     distinguishable (paired bootstrap, two-sided, level ``alpha``)."""
@@ -251,9 +260,10 @@ def write_study_report(study_root: str | Path, output_folder: Optional[str | Pat
     summary = study.depth_summary(sweeps)
     summary.to_csv(out / "summary.csv", index=False)
     utts = study.collect_utterances(root, runs)
-    sig = study.significance_table(sweeps, utts, n_boot=n_boot)
+    sig = study.significance_table(sweeps, utts, pairs=study.study_pairs(sweeps["method"]), n_boot=n_boot)
     sig.to_csv(out / "significance.csv", index=False)
-    plot_summary(summary, out / "study_wer_vs_params.png")
+    core = summary[~summary["method"].isin(list(study.VARIANTS))]  # the four methods; variants: own table
+    plot_summary(core, out / "study_wer_vs_params.png")
     counts = sweeps.drop_duplicates(["fold", "seed", "method"]).groupby("method", sort=False).size()
     lines = [header or "# FSDD study", "",
              f"Finished runs: {len(runs)} ({', '.join(f'{m}: {n}' for m, n in counts.items())}); folds "
@@ -262,8 +272,15 @@ def write_study_report(study_root: str | Path, output_folder: Optional[str | Pat
         missing = sorted(r.name for r in set(expected) - set(runs))
         lines.append(f"Missing runs ({len(missing)}): {', '.join(missing) if missing else 'none'}.")
     lines += ["", "## Test WER (%) per depth: mean [95 % t-interval] over folds x seeds", "",
-              markdown_table(summary_table(summary)), "", "![WER vs executed parameters](study_wer_vs_params.png)",
+              markdown_table(summary_table(core)), "", "![WER vs executed parameters](study_wer_vs_params.png)",
               ""]
+    variants = [m for m in study.VARIANTS if m in set(summary["method"])]
+    if variants:
+        shown = summary[summary["method"].isin(["rdld", "dld", *variants])]
+        lines += ["## Settings the paper leaves open (issue 15 item 4): test WER (%) per depth, mean [95 % "
+                  "t-interval]", "", "; ".join(f"`{m}`: {study.VARIANTS[m][0]} with "
+                                              f"{' '.join(study.VARIANTS[m][1])}" for m in variants), "",
+                  markdown_table(summary_table(shown)), ""]
     if "WER_beam" in sweeps.columns and sweeps["WER_beam"].notna().any():
         beam = study.depth_summary(sweeps[sweeps["WER_beam"].notna()], metric="WER_beam")
         beam.to_csv(out / "summary_beam.csv", index=False)
@@ -274,6 +291,12 @@ def write_study_report(study_root: str | Path, output_folder: Optional[str | Pat
                   markdown_table(summary_table(beam)), "",
                   "What the beam search changes, `WER_beam - WER` in points (negative: it helps), paired "
                   "within each run: mean [95 % t-interval]", "", markdown_table(summary_table(effect)), ""]
+        beam_sig = study.run_level_table(sweeps[sweeps["WER_beam"].notna()], study.study_pairs(sweeps["method"]),
+                                         metric="WER_beam")
+        if not beam_sig.empty:
+            beam_sig.to_csv(out / "significance_beam.csv", index=False)
+            lines += ["Paired differences with the beam search (WER_beam points; negative: the first method is "
+                      "better): paired t over the fold x seed runs", "", run_level_markdown(beam_sig), ""]
     lines += ["## Paired differences (WER points; negative: the first method is better)", ""]
     if sig.empty:
         lines.append("No pair of methods with common runs yet.")

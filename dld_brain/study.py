@@ -38,6 +38,43 @@ METHODS = ("teacher", "rdsc", "rdld", "dld")
 NEEDS_TEACHER = ("rdld", "dld")
 #: the comparisons of the study: (a, b) reports WER(a) - WER(b); negative = a is better
 PAIRS = (("dld", "rdld"), ("dld", "rdsc"), ("rdld", "rdsc"))
+#: issue 15 item 4, the settings the paper leaves open: name -> (base method, train.py overrides). Each variant
+#: is one more method of the study, run at the same folds and seeds with the base method's budget and its
+#: teacher; its runs live in ``fold<k>/seed<s>/<name>/`` (the name is the run's ``method``). Defaults of the
+#: base methods: KD temperature 1, kd_weight 1, teacher targets from the augmented features, drop_prob 0.5.
+VARIANTS = {
+    "dld_t2": ("dld", ("--kd_temperature=2.0",)),
+    "dld_kd05": ("dld", ("--kd_weight=0.5",)),
+    "dld_kd2": ("dld", ("--kd_weight=2.0",)),
+    "dld_clean": ("dld", ("--kd_teacher_input=clean",)),
+    "rdld_p03": ("rdld", ("--drop_prob=0.3",)),
+    "dld_p03": ("dld", ("--drop_prob=0.3",)),
+    "rdld_p07": ("rdld", ("--drop_prob=0.7",)),
+    "dld_p07": ("dld", ("--drop_prob=0.7",)),
+}
+#: the comparisons a variant adds: against RDLD at the same drop probability, and against default DLD
+VARIANT_PAIRS = {
+    "dld_t2": (("dld_t2", "rdld"), ("dld_t2", "dld")),
+    "dld_kd05": (("dld_kd05", "rdld"), ("dld_kd05", "dld")),
+    "dld_kd2": (("dld_kd2", "rdld"), ("dld_kd2", "dld")),
+    "dld_clean": (("dld_clean", "rdld"), ("dld_clean", "dld")),
+    "dld_p03": (("dld_p03", "rdld_p03"),),
+    "dld_p07": (("dld_p07", "rdld_p07"),),
+}
+
+
+def base_method(method: str) -> str:
+    """The method a study method runs as: itself, or the base of a :data:`VARIANTS` entry."""
+    return VARIANTS[method][0] if method in VARIANTS else method
+
+
+def study_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """The paired comparisons to report for the methods present: :data:`PAIRS`, then each variant's."""
+    present = set(methods)
+    pairs = list(PAIRS) + [pair for name in VARIANTS if name in present for pair in VARIANT_PAIRS.get(name, ())]
+    return [(a, b) for a, b in pairs if a in present and b in present]
+
+
 #: the files of one finished run that are exported (small CSV / text, no checkpoints)
 RUN_FILES = ("depth_sweep_test.csv", "epoch_log.csv", "train_log.txt", "utt_errors_test.csv", "run.json")
 
@@ -73,13 +110,37 @@ class Run:
 def study_runs(folds: Iterable[int], seeds: Iterable[int], methods: Sequence[str] = METHODS) -> list[Run]:
     """Every (fold, seed, method), ordered so that teachers come first and slow runs start early."""
     folds, seeds = list(folds), list(seeds)
-    order = sorted(methods, key=lambda m: (m in NEEDS_TEACHER, METHODS.index(m) if m in METHODS else 99))
+    order = sorted(methods, key=lambda m: (base_method(m) in NEEDS_TEACHER,
+                                           METHODS.index(m) if m in METHODS else 99))
     return [Run(f, s, m) for m in order for f in folds for s in seeds]
 
 
 def is_finished(folder: str | Path) -> bool:
     """A run is finished once its test depth sweep is written (the last step of ``train.py``)."""
     return (Path(folder) / "depth_sweep_test.csv").is_file()
+
+
+def plan_runs(wanted: Sequence[Run], output: str | Path, export: Optional[str | Path] = None) -> list[Run]:
+    """The runs to train for ``wanted``: those finished neither in ``output`` nor in ``export`` (runs from
+    another machine, committed there), plus the teacher of every such run that distils or starts from one
+    when that teacher's checkpoint is not in ``output`` (an exported teacher has no checkpoint: it is
+    re-made, and :func:`same_sweep` tells whether it reproduced the exported one). Teachers come first."""
+    def done(run: Run) -> bool:
+        return is_finished(run.folder(output)) or (export is not None and is_finished(run.folder(export)))
+
+    todo = [r for r in wanted if not done(r)]
+    teachers = [r.teacher for r in todo if base_method(r.method) in NEEDS_TEACHER
+                and not is_finished(r.teacher.folder(output))]
+    return list(dict.fromkeys(teachers + todo))
+
+
+def same_sweep(a: str | Path, b: str | Path, test_set: str = "test") -> bool:
+    """Whether two finished runs' test depth sweeps give the same WER at every depth (a re-made teacher
+    against the exported one: bit-exact training on the same kind of machine and thread count)."""
+    cols = ["depth", "WER", "WER_beam"]
+    left, right = (pd.read_csv(Path(f) / f"depth_sweep_{test_set}.csv") for f in (a, b))
+    cols = [c for c in cols if c in left and c in right]
+    return left[cols].reset_index(drop=True).equals(right[cols].reset_index(drop=True))
 
 
 def find_runs(root: str | Path) -> list[Run]:
@@ -209,7 +270,7 @@ def depth_summary(sweeps: pd.DataFrame, metric: str = "WER", confidence: float =
         rows.append({"test_set": test_set, "depth": int(depth), "method": method, "n": len(group),
                      "mean": mean, "sd": float(group[metric].std(ddof=1)) if len(group) > 1 else math.nan,
                      "ci_low": low, "ci_high": high, "encoder_params": int(group["encoder_params"].iloc[0])})
-    order = {m: i for i, m in enumerate(dict.fromkeys(list(METHODS) + list(sweeps["method"])))}
+    order = {m: i for i, m in enumerate(dict.fromkeys(list(METHODS) + list(VARIANTS) + list(sweeps["method"])))}
     table = pd.DataFrame(rows)
     return table.sort_values(["test_set", "depth", "method"], key=lambda c: c.map(order) if c.name == "method"
                              else c, ignore_index=True)
@@ -303,6 +364,16 @@ def significance_table(sweeps: pd.DataFrame, utts: pd.DataFrame, pairs: Sequence
     return pd.DataFrame(rows)
 
 
+def run_level_table(sweeps: pd.DataFrame, pairs: Sequence[tuple[str, str]] = PAIRS, metric: str = "WER",
+                    confidence: float = 0.95) -> pd.DataFrame:
+    """Per pair and depth: the run-level paired t-interval of ``metric`` alone (for metrics without
+    per-utterance errors, such as ``WER_beam``: the runs' wer files hold the greedy hypotheses)."""
+    methods = set(sweeps["method"])
+    rows = [run_level_differences(sweeps, a, b, int(depth), metric=metric, confidence=confidence)
+            for a, b in pairs if a in methods and b in methods for depth in sorted(set(sweeps["depth"]))]
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------------------- training cost vs quality
 def cost_curves(logs: pd.DataFrame, num_layers: int) -> pd.DataFrame:
     """Validation WER at depths N/2 and N against cumulative cost, per run and epoch: ``cum_s``, ``cum_cpu_s``,
@@ -317,7 +388,8 @@ def cost_curves(logs: pd.DataFrame, num_layers: int) -> pd.DataFrame:
     for (fold, seed, method), group in logs.groupby(["fold", "seed", "method"], sort=False):
         group = group.copy()
         for unit, column in COST_UNITS.items():
-            extra = teacher_cost.get((fold, seed), {}).get(column, math.nan) if method in NEEDS_TEACHER else 0.0
+            extra = teacher_cost.get((fold, seed), {}).get(column, math.nan) if base_method(method) in NEEDS_TEACHER \
+                else 0.0
             group[f"total_{unit}"] = group[column] + extra
 
         def column(name: str):

@@ -314,7 +314,76 @@ def test_study_command_shrunk_resume_export_aggregate(tmp_path, fsdd_dir, run_st
     print(f"shrunk study: {first:.0f} s")
 
 
+def test_study_variants_run_as_their_base_method(tmp_path):
+    """Issue 15 item 4: a variant is its base method's run with its own setting, its own folder and teacher."""
+    import importlib.util
+
+    import speechbrain as sb
+
+    from dld_brain.hparams import load_hparams
+
+    spec = importlib.util.spec_from_file_location("fsdd_run_study_variants", RUN_STUDY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.parse_args(["--variants", "--output", str(tmp_path)])
+    assert set(args.methods) == set(study.METHODS) | set(study.VARIANTS)
+    runs = study.study_runs([0], [1], args.methods)
+    assert [r.method for r in runs[:2]] == ["teacher", "rdsc"]  # teacher-free runs first
+    run = study.Run(0, 1, "dld_t2")
+    argv = module.run_overrides(args, run)
+    assert "--kd_temperature=2.0" in argv and "--method=dld_t2" in argv
+    assert "--number_of_epochs=6" in argv  # the DLD budget
+    hparams_file, _, overrides = sb.parse_arguments([str(module.HPARAMS / "dld.yaml"), *argv])
+    hparams = load_hparams(hparams_file, overrides)
+    assert hparams["kd_temperature"] == 2.0 and hparams["kd_weight"] == 1.0 and hparams["drop_prob"] == 0.5
+    assert Path(hparams["output_folder"]) == run.folder(tmp_path)
+    assert Path(hparams["teacher_checkpoint"]) == run.teacher.folder(tmp_path)
+    assert study.study_pairs(["dld", "rdld", "rdsc", "dld_p07", "rdld_p07", "dld_t2"]) == [
+        ("dld", "rdld"), ("dld", "rdsc"), ("rdld", "rdsc"), ("dld_t2", "rdld"), ("dld_t2", "dld"),
+        ("dld_p07", "rdld_p07")]
+    assert study.study_pairs(["dld_p03", "rdld"]) == []  # its RDLD at p=0.3 is missing
+
+
+def test_study_plan_remakes_exported_teachers_for_variants(tmp_path):
+    """Runs committed under the export are not retrained, but a variant needs its teacher's checkpoint:
+    an exported teacher is re-made in the output, and same_sweep says whether it reproduced the export."""
+    output, export = tmp_path / "results", tmp_path / "docs"
+    sweep = "method,test_set,depth,WER,WER_beam\nteacher,test,1,50.0,20.0\nteacher,test,2,30.0,10.0\n"
+    for method in ("teacher", "dld"):
+        folder = study.Run(0, 1, method).folder(export)
+        folder.mkdir(parents=True)
+        (folder / "depth_sweep_test.csv").write_text(sweep)
+    assert study.plan_runs([study.Run(0, 1, "dld"), study.Run(0, 1, "teacher")], output, export) == []
+    assert study.plan_runs([study.Run(0, 1, "dld")], output) == [study.Run(0, 1, "teacher"), study.Run(0, 1, "dld")]
+    assert study.plan_runs([study.Run(0, 1, "dld_t2"), study.Run(0, 1, "rdsc")], output, export) == [
+        study.Run(0, 1, "teacher"), study.Run(0, 1, "dld_t2"), study.Run(0, 1, "rdsc")]
+    remade = study.Run(0, 1, "teacher").folder(output)
+    remade.mkdir(parents=True)
+    (remade / "depth_sweep_test.csv").write_text(sweep)
+    assert study.plan_runs([study.Run(0, 1, "dld_t2")], output, export) == [study.Run(0, 1, "dld_t2")]
+    assert study.same_sweep(remade, study.Run(0, 1, "teacher").folder(export))
+    (remade / "depth_sweep_test.csv").write_text(sweep.replace("30.0", "30.1"))
+    assert not study.same_sweep(remade, study.Run(0, 1, "teacher").folder(export))
+
+
 def test_study_refuses_to_mix_configurations(tmp_path, run_study):
     study.check_config(tmp_path, {"folds": 3, "budget": {"teacher": ["--number_of_epochs=8"]}, "extra": []})
     with pytest.raises(study.StudyError, match="another configuration.*extra"):
         run_study("--output", str(tmp_path), "--only-folds", "0", "--", "--number_of_epochs=1")
+
+
+def test_study_run_level_table_on_beam_wer():
+    """The beam-search comparison is a paired t over runs of WER_beam (no per-utterance beam errors exist)."""
+    rows = []
+    for fold in range(3):
+        for seed in (1, 2):
+            for depth in (1, 2):
+                base = 10.0 * depth + fold + seed
+                rows += [{"fold": fold, "seed": seed, "method": "dld", "depth": depth, "test_set": "test",
+                          "WER": base, "WER_beam": base - 3.0 - 0.1 * seed},
+                         {"fold": fold, "seed": seed, "method": "rdld", "depth": depth, "test_set": "test",
+                          "WER": base, "WER_beam": base}]
+    table = study.run_level_table(pd.DataFrame(rows), [("dld", "rdld"), ("dld", "missing")], metric="WER_beam")
+    assert list(table["depth"]) == [1, 2] and set(table["runs"]) == {6}
+    assert np.allclose(table["run_diff"], -3.15) and (table["run_ci_high"] < 0).all()
+    assert (table["run_p_value"] < 1e-6).all()

@@ -56,7 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                          "aggregate from here")
     parser.add_argument("--aggregate-only", action="store_true", help="train nothing; aggregate the finished "
                                                                       "runs in --export (or --output)")
-    parser.add_argument("--methods", nargs="+", choices=study.METHODS, default=list(study.METHODS))
+    parser.add_argument("--methods", nargs="+", choices=[*study.METHODS, *study.VARIANTS],
+                        default=list(study.METHODS),
+                        help="methods to run (default: the four); the variants of dld_brain.study.VARIANTS are "
+                             "the settings the paper leaves open (issue 15 item 4)")
+    parser.add_argument("--variants", action="store_true", help="add every variant of dld_brain.study.VARIANTS "
+                                                                "to --methods (they reuse the teachers)")
     parser.add_argument("--only-folds", type=int, nargs="+", help="run only these folds (a piece of the study)")
     parser.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds")
     parser.add_argument("--data_folder", default=str(ROOT / "data" / "fsdd"))
@@ -67,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="after --: overrides for every train.py run (they replace the study's budget)")
     args = parser.parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
+    if args.variants:
+        args.methods = list(dict.fromkeys([*args.methods, *study.VARIANTS]))
     return args
 
 
@@ -77,10 +84,17 @@ def run_overrides(args, run: study.Run) -> list:
     merged = {}
     for arg in [f"--experiment_root={fold_root / f'seed{run.seed}'}", f"--prep_folder={fold_root / 'prepared'}",
                 f"--fold={run.fold}", f"--num_folds={args.folds}", f"--seed={run.seed}",
-                f"--data_folder={args.data_folder}", *STUDY_OVERRIDES["all"], *STUDY_OVERRIDES[run.method],
-                *args.extra]:
+                f"--data_folder={args.data_folder}", *STUDY_OVERRIDES["all"],
+                *STUDY_OVERRIDES[study.base_method(run.method)], *variant_overrides(run.method), *args.extra]:
         merged[arg.split("=", 1)[0]] = arg
     return list(merged.values())
+
+
+def variant_overrides(method: str) -> list:
+    """A variant's own settings and its run name (``--method``, which names its output folder)."""
+    if method not in study.VARIANTS:
+        return []
+    return [*study.VARIANTS[method][1], f"--method={method}"]
 
 
 def config(args) -> dict:
@@ -142,9 +156,11 @@ def main(argv=None) -> None:
         if args.export:
             study.check_config(args.export, config(args))
         wanted = study.study_runs(folds, seeds, args.methods)
-        todo = [r for r in wanted if not study.is_finished(r.folder(args.output))]
-        print(f"{len(wanted) - len(todo)} of {len(wanted)} runs already finished; {len(todo)} to run "
-              f"({args.jobs} at a time)", flush=True)
+        todo = study.plan_runs(wanted, args.output, args.export)
+        remade = [r for r in todo if r not in wanted]
+        print(f"{len(wanted) - len(todo) + len(remade)} of {len(wanted)} runs already finished; {len(todo)} to "
+              f"run ({args.jobs} at a time)" + (f", {len(remade)} of them exported teachers re-made for their "
+                                                f"checkpoints" if remade else ""), flush=True)
         threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
         print(f"OMP_NUM_THREADS={threads} (threads per run)", flush=True)
         if todo:
@@ -152,11 +168,12 @@ def main(argv=None) -> None:
         names = {r.name for r in todo}
 
         def command(run: study.Run):
-            argv = [str(HPARAMS / f"{run.method}.yaml"), *run_overrides(args, run)]
+            argv = [str(HPARAMS / f"{study.base_method(run.method)}.yaml"), *run_overrides(args, run)]
             return functools.partial(run_in_this_process, argv) if args.fork else [sys.executable, str(TRAIN), *argv]
 
         jobs = [Job(r.name, command(r), log=r.folder(args.output).parent / f"{r.method}.log",
-                    after=[r.teacher.name] if r.method in study.NEEDS_TEACHER and r.teacher.name in names else [])
+                    after=[r.teacher.name] if study.base_method(r.method) in study.NEEDS_TEACHER
+                    and r.teacher.name in names else [])
                 for r in todo]
         by_name = {r.name: r for r in todo}
 
@@ -166,8 +183,15 @@ def main(argv=None) -> None:
                 "wall_s": round(seconds, 1), "jobs": args.jobs, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                 "command": ["train.py", *(job.cmd.args[0] if args.fork else job.cmd[2:])]}, indent=1))
-            if args.export:
-                study.export_run(run.folder(args.output), run.folder(args.export))
+            if not args.export:
+                return
+            if study.is_finished(run.folder(args.export)):  # a teacher re-made for its checkpoint: keep the export
+                same = study.same_sweep(run.folder(args.output), run.folder(args.export))
+                print(f"{run.name}: re-made teacher {'reproduces' if same else 'DIFFERS FROM'} the exported one"
+                      + ("" if same else "; its students are paired with another teacher than the exported "
+                                         "runs'"), flush=True)
+                return
+            study.export_run(run.folder(args.output), run.folder(args.export))
 
         run_jobs(jobs, args.jobs, on_done=finished)
         if args.export:  # runs finished by earlier invocations too
