@@ -419,7 +419,9 @@ def cost_answers(curves: pd.DataFrame, reference: str = "rdsc", methods: Sequenc
     ``reach_<unit>_<d>``: the method's cumulative cost (teacher included) at its first epoch whose WER at
     ``d`` is at most that target (NaN: never reached), ``ref_reach_<unit>_<d>`` RDsc's own; ``ref_<unit>``:
     RDsc's whole cost; ``cost_ratio_<unit>``: the method's whole cost (teacher + fine-tuning) over RDsc's
-    (the paper claims DLD saves 33 %, a ratio of 0.67). Units: ``s`` wall, ``cpu_s`` CPU seconds, ``steps``.
+    (the paper claims DLD saves 33 %, a ratio of 0.67); ``own_ratio_<unit>`` and ``own_reach_<unit>_<d>``: the
+    same without the teacher's cost (a user who already has the teacher). Units: ``s`` wall, ``cpu_s`` CPU
+    seconds, ``steps``.
     """
     rows = []
     for (fold, seed), group in curves.groupby(["fold", "seed"]):
@@ -436,12 +438,14 @@ def cost_answers(curves: pd.DataFrame, reference: str = "rdsc", methods: Sequenc
                 row[f"ref_{unit}"] = ref[column].max()
                 row[f"total_{unit}"] = run[f"total_{unit}"].max()
                 row[f"cost_ratio_{unit}"] = row[f"total_{unit}"] / row[f"ref_{unit}"]
+                row[f"own_ratio_{unit}"] = run[column].max() / row[f"ref_{unit}"]  # teacher given (already paid)
             for which in ("half", "full"):
                 target = best[f"WER_{which}"]
                 row[f"target_{which}"] = target
                 hit, ref_hit = _reach(run, f"WER_{which}", target), _reach(ref, f"WER_{which}", target)
                 for unit, column in COST_UNITS.items():
                     row[f"reach_{unit}_{which}"] = math.nan if hit is None else hit[f"total_{unit}"]
+                    row[f"own_reach_{unit}_{which}"] = math.nan if hit is None else hit[column]
                     row[f"ref_reach_{unit}_{which}"] = math.nan if ref_hit is None else ref_hit[column]
             rows.append(row)
     return pd.DataFrame(rows)
@@ -458,6 +462,10 @@ def cost_summary(answers: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
             mean, low, high = t_interval(group[f"cost_ratio_{unit}"].dropna(), confidence)
             row.update({f"ratio_{unit}": mean, f"ratio_{unit}_low": low, f"ratio_{unit}_high": high,
                         f"saving_{unit}_pct": 100 * (1 - mean)})
+            if f"own_ratio_{unit}" in group:
+                mean, low, high = t_interval(group[f"own_ratio_{unit}"].dropna(), confidence)
+                row.update({f"own_ratio_{unit}": mean, f"own_ratio_{unit}_low": low,
+                            f"own_ratio_{unit}_high": high})
         unit = "cpu_s" if group["cost_ratio_cpu_s"].notna().all() else "s"
         row["sooner_unit"] = unit
         for which in ("half", "full"):
@@ -465,6 +473,9 @@ def cost_summary(answers: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
             sooner = reached & (group[f"reach_{unit}_{which}"] < group[f"ref_reach_{unit}_{which}"])
             row[f"reached_{which}"] = int(reached.sum())
             row[f"sooner_{which}"] = int(sooner.sum())
+            if f"own_reach_{unit}_{which}" in group:
+                row[f"own_sooner_{which}"] = int((reached & (group[f"own_reach_{unit}_{which}"]
+                                                             < group[f"ref_reach_{unit}_{which}"])).sum())
         rows.append(row)
     return pd.DataFrame(rows)
 

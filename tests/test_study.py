@@ -219,6 +219,9 @@ def test_cost_answers_on_synthetic_logs(tmp_path):
     assert summary["sooner_unit"] == "s"
     assert summary["saving_s_pct"] == pytest.approx(100 * (1 - 130 / 150))
     assert summary["reached_full"] == 1 and summary["sooner_full"] == 0 and summary["reached_half"] == 0
+    # without the teacher's 100 s: DLD alone costs 30 s of RDsc's 150 s and reached 24 after 20 s (RDsc: 120 s)
+    assert answers["own_ratio_s"] == pytest.approx(30 / 150) and answers["own_reach_s_full"] == 20.0
+    assert summary["own_ratio_s"] == pytest.approx(0.2) and summary["own_sooner_full"] == 1
 
 
 # ------------------------------------------------------------------------------------------------- jobs
