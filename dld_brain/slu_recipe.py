@@ -100,7 +100,7 @@ def make_slu_datasets(hparams: dict, label_encoder: CategoricalEncoder) -> dict:
         yield torch.LongTensor([label_encoder.encode_label(label)])
 
     def load(name: str, csv_path: str):
-        rows = read_manifest(csv_path, SLU_REQUIRED)
+        rows = read_manifest(csv_path, SLU_REQUIRED, replacements={"data_root": hparams["data_folder"]})
         check_known_labels(known, rows, csv_path, LABEL_KEY)
         level = hparams.get("check_audio", "header")
         min_dur = float(hparams.get("min_duration_s", 0.1))

@@ -6,6 +6,7 @@ import csv
 import json
 import importlib.util
 import math
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -17,8 +18,8 @@ import soundfile
 import torch
 from conftest import REPO, SHARED_DATA
 
-from dld_brain.data.fsc import intent_label, prepare_fsc
-from dld_brain.data.manifest import DataPrepError
+from dld_brain.data.fsc import FSC_DIRNAME, intent_label, prepare_fsc
+from dld_brain.data.manifest import DataPrepError, read_manifest
 from dld_brain.data.speech_to_intent import prepare_speech_to_intent, stratified_split
 from dld_brain.lobes.classifier import ConformerClassifier, masked_attention_pool, masked_mean
 from dld_brain.lobes.conformer import executed_parameters
@@ -99,6 +100,11 @@ def fsc_args(method, root, data_folder, *extra):
     tiny = [t for t in TINY_SLU if t.split("=")[0] not in keys]
     return [str(HP / f"{method}.yaml"), f"--experiment_root={root}", f"--data_folder={data_folder}",
             "--fallback_data_folders=[]", *tiny, *extra]
+
+
+def prepared_test_wavs(root: Path, data_folder: Path) -> list[str]:
+    """The test manifest's audio paths, ``$data_root`` resolved to the corpus folder."""
+    return [r["wav"] for r in read_manifest(root / "prepared" / "test.csv", replacements={"data_root": data_folder})]
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +238,18 @@ def test_fsc_prep_reads_the_real_layout(tmp_path, fsc_corpus):
     assert (train["duration"] <= CROP_S).all() and train["wrd"].str.startswith("bring me a").all()
 
 
+def test_fsc_manifests_relative_to_data_root_move_with_the_corpus(tmp_path, fsc_corpus):
+    """Issue 14 item 5: FSC manifests hold $data_root/... paths, so corpus + manifests can move together."""
+    corpus = tmp_path / "corpora"
+    shutil.copytree(fsc_corpus, corpus / FSC_DIRNAME)
+    csvs = prepare_fsc(corpus, tmp_path / "prep")
+    assert all(w.startswith("$data_root/" + FSC_DIRNAME + "/wavs/") for w in pd.read_csv(csvs["test"])["wav"])
+    moved = tmp_path / "elsewhere"
+    corpus.rename(moved)
+    rows = read_manifest(csvs["test"], replacements={"data_root": moved})
+    assert rows and all(Path(r["wav"]).is_file() and str(moved) in r["wav"] for r in rows)
+
+
 # ------------------------------------------------------------------------------------------ end to end
 def test_teacher_then_dld_and_accuracy_per_depth(trained):
     root, teacher, dld = trained
@@ -278,7 +296,7 @@ def test_comparison_of_accuracy(trained, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ inference
-def test_classifier_bundle_round_trip_at_every_depth(trained):
+def test_classifier_bundle_round_trip_at_every_depth(trained, fsc_corpus):
     """The bundle the recipe wrote gives the recipe model's own probabilities, file by file, at every depth."""
     import speechbrain as sb
 
@@ -288,7 +306,7 @@ def test_classifier_bundle_round_trip_at_every_depth(trained):
     slu = load_bundle(root / "dld" / "inference")
     assert isinstance(slu, DynamicDepthClassifier)
     assert slu.labels == [f"bring_{d}_none" for d in DRINKS]
-    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:4]
+    wavs = prepared_test_wavs(root, fsc_corpus)[:4]
     dld.model.eval()
     for depth in (1, 2, 3):
         got = slu.classify_files(wavs, batch_size=1, depth=depth)
@@ -304,9 +322,9 @@ def test_classifier_bundle_round_trip_at_every_depth(trained):
     assert label == got[0][0] and math.isclose(prob, got[0][1], rel_tol=1e-4)
 
 
-def test_classifier_cli_prints_label_and_probability(trained):
+def test_classifier_cli_prints_label_and_probability(trained, fsc_corpus):
     root, _, _ = trained
-    wavs = pd.read_csv(root / "prepared" / "test.csv")["wav"].tolist()[:2]
+    wavs = prepared_test_wavs(root, fsc_corpus)[:2]
     out = subprocess.run([sys.executable, "-m", "dld_brain.transcribe", "--model", str(root / "dld" / "inference"),
                           "--depth", "2", *wavs], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,8 @@ dataset root). The intent is the triple ``action_object_location`` (31 intents, 
 ``activate_lights_kitchen``); the split is the official speaker-disjoint one.
 
 Manifests: ``train/valid/test.csv`` with ``ID, duration, wav, spk_id, wrd, intent`` (``wrd`` = the
-transcription). Every problem the user must fix raises :class:`DataPrepError` naming the file: missing or
+transcription); ``wav`` is ``$data_root/...`` relative to ``data_folder`` (read them with
+``replacements={"data_root": data_folder}``), so the corpus and its manifests can move together. Every problem the user must fix raises :class:`DataPrepError` naming the file: missing or
 empty CSV, missing columns, missing or unreadable wav, an intent of valid/test that training never shows.
 """
 
@@ -19,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, write_manifest
+from dld_brain.data.manifest import DataPrepError, PrepMarker, audio_info, root_relative, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ SPLITS = ("train", "valid", "test")
 FSC_DIRNAME = "fluent_speech_commands_dataset"
 FSC_COLUMNS = ("path", "speakerId", "transcription", "action", "object", "location")
 SLU_FIELDS = ("ID", "duration", "wav", "spk_id", "wrd", "intent")
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: paths relative to $data_root
 
 
 class UnknownLabelError(DataPrepError):
@@ -89,8 +90,9 @@ def read_fsc_csv(path: Path) -> list[dict]:
     return rows
 
 
-def _split_rows(root: Path, split: str) -> list[dict]:
-    """Manifest rows of one split; every wav is checked (missing/unreadable -> DataPrepError naming it)."""
+def _split_rows(root: Path, split: str, data_root: Path) -> list[dict]:
+    """Manifest rows of one split, paths ``$data_root/...``; every wav is checked (missing/unreadable ->
+    DataPrepError naming it)."""
     source = root / "data" / f"{split}_data.csv"
     rows, seen, duplicates = [], set(), 0
     for row in read_fsc_csv(source):
@@ -106,7 +108,7 @@ def _split_rows(root: Path, split: str) -> list[dict]:
         if rate != 16000:
             logger.warning("%s is %d Hz (FSC is 16 kHz); it will be resampled at load time", wav, rate)
         spk = row["speakerId"].strip()
-        rows.append({"ID": f"{spk}_{Path(rel).stem}", "duration": f"{duration:.3f}", "wav": str(wav.resolve()),
+        rows.append({"ID": f"{spk}_{Path(rel).stem}", "duration": f"{duration:.3f}", "wav": root_relative(wav.resolve(), data_root),
                      "spk_id": spk, "wrd": row["transcription"].strip(),
                      "intent": intent_label(row["action"], row["object"], row["location"])})
     if duplicates:
@@ -143,7 +145,8 @@ def prepare_fsc(
     if marker.done(list(csvs.values())):
         logger.info("FSC manifests in %s are up to date; skipping preparation", save_folder)
         return csvs
-    rows = {split: _split_rows(root, split) for split in SPLITS}
+    data_root = Path(data_folder).expanduser().resolve()
+    rows = {split: _split_rows(root, split, data_root) for split in SPLITS}
     train_labels = {r["intent"] for r in rows["train"]}
     for split in ("valid", "test"):
         check_known_labels(train_labels, rows[split], root / "data" / f"{split}_data.csv")
