@@ -362,3 +362,44 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_seeds_report(experiment_root: str | Path, seeds: Sequence[int], methods: Sequence[str],
+                       metric: str = "WER", pairs: Sequence[tuple[str, str]] = (), title: str = "",
+                       test_set: str = "test") -> Path:
+    """Aggregate ``<experiment_root>/seed<s>/<method>/depth_sweep_<set>.csv`` over seeds into
+    ``<experiment_root>/summary.md`` (mean [95 % t-interval] per depth and method), ``summary.csv``,
+    ``significance.csv`` (paired t over seeds of ``metric(a) - metric(b)`` per depth for ``pairs``) and
+    ``summary_<set>.png`` (error bars = the intervals). Seeds or methods without a finished sweep are listed as
+    missing rather than failing, so a partial run can be looked at. Returns the .md path."""
+    from dld_brain import study
+
+    root = Path(experiment_root)
+    frames, missing = [], []
+    for seed in seeds:
+        for method in methods:
+            path = root / f"seed{seed}" / method / f"depth_sweep_{test_set}.csv"
+            if path.is_file():
+                frames.append(pd.read_csv(path).assign(fold=0, seed=seed, method=method))
+            else:
+                missing.append(f"seed{seed}/{method}")
+    if not frames:
+        raise ValueError(f"no finished run under {root} (looked for seed<s>/<method>/depth_sweep_{test_set}.csv)")
+    sweeps = pd.concat(frames, ignore_index=True)
+    if metric not in sweeps:
+        raise ValueError(f"{root}: the depth sweeps have no {metric!r} column (have {list(sweeps.columns)})")
+    summary = study.depth_summary(sweeps, metric=metric)
+    summary.to_csv(root / "summary.csv", index=False)
+    plot_summary(summary, root / f"summary_{test_set}.png", test_set, metric=metric)
+    lines = [title or f"# {metric} over seeds", "",
+             f"Seeds {list(seeds)}; finished runs: {len(frames)}; missing: {', '.join(missing) or 'none'}.", "",
+             f"{metric} (%) per depth on {test_set}: mean [95 % t-interval over seeds]", "",
+             markdown_table(summary_table(summary, test_set)), ""]
+    sig = study.run_level_table(sweeps, [p for p in pairs], metric=metric)
+    if not sig.empty:
+        sig.to_csv(root / "significance.csv", index=False)
+        lines += [f"Paired differences over seeds ({metric} points, same split and seed): paired t", "",
+                  run_level_markdown(sig), ""]
+    md = root / "summary.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md

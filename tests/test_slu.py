@@ -506,8 +506,8 @@ def test_recipe_calibrates_the_validated_depths_and_the_bundle_at_every_depth(tr
 
 
 def test_coffee_order_comparison_end_to_end(tmp_path, s2i_dir):
-    """The README's main SLU command on real orders, shrunk: teacher and RD side by side, DLD after the
-    teacher (8x front-end, duration-bucketed batches, recalibrated pool norms), then the comparison."""
+    """The README's main SLU command on real orders, shrunk: teacher and RD side by side, RDLD and DLD after
+    the teacher (8x front-end, duration-bucketed batches, recalibrated pool norms), then the comparison."""
     root = tmp_path / "exp"
     tiny = ["--num_layers=3", "--d_model=32", "--nhead=2", "--d_ffn=64", "--kernel_size=3", "--number_of_epochs=1",
             "--max_per_class=5", "--check_audio=header", f"--data_folder={s2i_dir}", "--download=False"]
@@ -516,12 +516,44 @@ def test_coffee_order_comparison_end_to_end(tmp_path, s2i_dir):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (root / "comparison.md").read_text()
-    assert "| teacher | rd | dld |" in table and "Wall time" in table
+    assert "| teacher | rd | rdld | dld |" in table and "Wall time" in table
     timing = json.loads((root / "wall_time.json").read_text())
-    assert timing["jobs"] == 2 and set(timing["wall_time_s"]) == {"teacher", "rd", "dld", "total"}
-    for method in ("teacher", "rd", "dld"):
+    assert timing["jobs"] == 2 and set(timing["wall_time_s"]) == {"teacher", "rd", "rdld", "dld", "total"}
+    for method in ("teacher", "rd", "rdld", "dld"):
         sweep = pd.read_csv(root / method / "depth_sweep_test.csv")
         assert sweep["depth"].tolist() == [1, 2, 3] and sweep["accuracy"].between(0, 100).all()
     assert "kd_loss" in (root / "dld" / "train_log.txt").read_text()
+    assert "kd_loss" not in (root / "rdld" / "train_log.txt").read_text()  # RDLD: the teacher's init, no KD
     model = load_weights(root / "dld" / "inference" / "model.ckpt")
     assert model["frontend.convblock_2.convs.conv_0.conv.weight"].shape[0] == 32  # the 8x front-end's 3rd block
+
+
+def test_coffee_rdld_is_dld_without_the_teacher_term():
+    """Issue 15 item 5: the coffee-order RDLD differs from DLD only in kd_weight (same init, epochs, lr)."""
+    from dld_brain.hparams import load_hparams
+
+    dld, rdld = (load_hparams(str(REPO / "hparams" / "slu" / f"{m}.yaml"), "") for m in ("dld", "rdld"))
+    plain = (int, float, str, bool, type(None))
+    differ = {k for k in dld if isinstance(dld[k], plain) and dld[k] != rdld.get(k) and "/" not in str(dld[k])}
+    assert differ == {"method", "kd_weight"} and rdld["kd_weight"] == 0.0 and rdld["init_from_teacher"]
+
+
+def test_seeds_report_means_intervals_and_paired_t(tmp_path):
+    """The coffee-order summary over seeds: mean and t-interval per depth, paired t per pair, missing runs."""
+    from dld_brain.report import write_seeds_report
+
+    for seed in (1, 2, 3):
+        for method, offset in (("rd", 0.0), ("dld", 10.0 + seed)):
+            folder = tmp_path / f"seed{seed}" / method
+            folder.mkdir(parents=True)
+            pd.DataFrame({"method": method, "test_set": "test", "depth": [1, 2], "encoder_params": [10, 20],
+                          "accuracy": [30.0 + offset + seed, 50.0 + offset + seed]}).to_csv(
+                folder / "depth_sweep_test.csv", index=False)
+    md = write_seeds_report(tmp_path, [1, 2, 3, 4], ["rd", "dld"], metric="accuracy", pairs=[("dld", "rd")])
+    text = md.read_text()
+    assert "missing: seed4/rd, seed4/dld" in text and (tmp_path / "summary_test.png").is_file()
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    dld1 = summary[(summary["method"] == "dld") & (summary["depth"] == 1)].iloc[0]
+    assert dld1["n"] == 3 and dld1["mean"] == pytest.approx(44.0) and dld1["ci_low"] < 44.0 < dld1["ci_high"]
+    sig = pd.read_csv(tmp_path / "significance.csv")
+    assert sig["run_diff"].tolist() == pytest.approx([12.0, 12.0]) and (sig["run_ci_low"] > 0).all()
