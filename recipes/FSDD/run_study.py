@@ -157,7 +157,7 @@ def main(argv=None) -> None:
             study.check_config(args.export, config(args))
         wanted = study.study_runs(folds, seeds, args.methods)
         todo = study.plan_runs(wanted, args.output, args.export)
-        remade = [r for r in todo if r not in wanted]
+        remade = [r for r in todo if args.export and study.is_finished(r.folder(args.export))]
         print(f"{len(wanted) - len(todo) + len(remade)} of {len(wanted)} runs already finished; {len(todo)} to "
               f"run ({args.jobs} at a time)" + (f", {len(remade)} of them exported teachers re-made for their "
                                                 f"checkpoints" if remade else ""), flush=True)
