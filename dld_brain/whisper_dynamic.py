@@ -162,7 +162,7 @@ def evaluate_depths(model, feats: torch.Tensor, ids: Sequence[str], refs: Sequen
         lines = []
         with encoder.at_depth(depth, policy=policy) as layers, torch.no_grad():
             for i in range(0, len(ids), batch):
-                enc = encoder(feats[i:i + batch].float()).last_hidden_state
+                enc = encoder(feats[i:i + batch].float().to(encoder.device)).last_hidden_state
                 for j, hyp_ids in enumerate(greedy_decode(model, enc, decoding, max_new_tokens)):
                     raw = tokenizer.decode(hyp_ids, skip_special_tokens=True)
                     hyp, ref = normalize(raw), normalize(refs[i + j])
@@ -183,7 +183,7 @@ def latency_per_depth(model, waveforms: Sequence, decoding: dict, depths: Sequen
     def once(depth):
         start = time.perf_counter()
         with encoder.at_depth(depth), torch.no_grad():
-            feats = crop_frames(log_mel(waveforms, model.config.num_mel_bins), seconds)
+            feats = crop_frames(log_mel(waveforms, model.config.num_mel_bins), seconds).to(encoder.device)
             greedy_decode(model, encoder(feats).last_hidden_state, decoding, max_new_tokens)
         return time.perf_counter() - start
 

@@ -229,3 +229,18 @@ def test_whisper_dynamic_recipe_shrunk(tmp_path, monkeypatch):
     assert "dld WER (%)" in text and "±" in text and "speed-up vs full depth" in text
     with pytest.raises(Exception, match="methods"):
         dynamic.main([str(REPO / "hparams" / "whisper" / "dynamic.yaml"), "--methods=[bogus]"])
+
+
+def test_whisper_dynamic_librispeech_yaml_resolves(tmp_path):
+    """The hub + LibriSpeech YAML loads on top of the FSDD one and passes the recipe's checks."""
+    sys.path.insert(0, str(REPO / "recipes" / "Whisper"))
+    import dynamic
+
+    from dld_brain.hparams import load_hparams
+
+    hp = load_hparams(REPO / "hparams" / "whisper" / "dynamic_librispeech.yaml", f"data_folder: {tmp_path}")
+    dynamic.check_hparams(hp)
+    assert hp["dataset"] == "librispeech" and hp["teacher_source"].startswith("openai/whisper-")
+    assert hp["librispeech_splits"]["test"] in hp["librispeech_prep"]["te_splits"]
+    with pytest.raises(Exception, match="LibriSpeech folder not found"):
+        dynamic.prepare_splits(dict(hp, data_folder=str(tmp_path / "absent")))

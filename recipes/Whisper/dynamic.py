@@ -60,12 +60,19 @@ def prepare_splits(hp: dict) -> dict:
     elif hp["dataset"] == "librispeech":
         from dld_brain.data.librispeech import prepare_librispeech
 
-        csvs = prepare_librispeech(hp["data_folder"], hp["prep_folder"], **hp.get("librispeech_prep", {}))
+        names = hp["librispeech_splits"]  # {train|valid|test: manifest name}
+        made = prepare_librispeech(hp["data_folder"], hp["prep_folder"], **hp["librispeech_prep"])
+        missing = [v for v in names.values() if v not in made]
+        if missing:
+            raise WhisperSetupError(f"librispeech_splits names {missing}, which librispeech_prep does not prepare "
+                                    f"(it makes {sorted(made)})")
+        csvs = {split: made[name] for split, name in names.items()}
     else:
         raise WhisperSetupError(f"dataset must be fsdd or librispeech, got {hp['dataset']!r}")
     splits = {}
     for split in ("train", "valid", "test"):
         table = pd.read_csv(csvs[split])
+        table["wav"] = table["wav"].str.replace("$data_root", str(hp["data_folder"]), regex=False)
         if "duration" in table and hp.get("max_duration") is not None:
             table = table[table["duration"] <= float(hp["max_duration"])]
         n = hp[f"n_{split}"]
@@ -132,7 +139,7 @@ def main(argv) -> dict:
     base, tokenizer, decoding = load_whisper(source, hp["cache_folder"])
     for param in base.parameters():
         param.requires_grad_(False)
-    teacher = gated_copy(base, slice_positions=hp["slice_positions"])  # frozen full model (static / KD target)
+    teacher = gated_copy(base, slice_positions=hp["slice_positions"]).to(hp["device"])  # frozen full model
     n_layers = base.config.encoder_layers
     depths = list(hp["depths"] or range(1, n_layers + 1))
     normalize = normalize_digits_text if hp["normalizer"] == "digits" else normalize_transcript
