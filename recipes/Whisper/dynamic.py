@@ -49,7 +49,8 @@ from dld_brain.whisper_dynamic import (  # noqa: E402
 
 def prepare_splits(hp: dict) -> dict:
     """``{split: DataFrame(ID, wav, wrd)}``: FSDD digit strings of speaker fold ``fold`` (``dataset: fsdd``) or
-    LibriSpeech manifests (``dataset: librispeech``), each cut to its ``n_<split>`` first rows (null = all)."""
+    LibriSpeech manifests (``dataset: librispeech``), each cut to its ``n_<split>`` first rows (null = all), or
+    to a seeded random sample of that size when ``subset_seed`` is set."""
     if hp["dataset"] == "fsdd":
         from dld_brain.data.fsdd import prepare_fsdd, speaker_fold
 
@@ -76,6 +77,8 @@ def prepare_splits(hp: dict) -> dict:
         if "duration" in table and hp.get("max_duration") is not None:
             table = table[table["duration"] <= float(hp["max_duration"])]
         n = hp[f"n_{split}"]
+        if n is not None and hp["subset_seed"] is not None:  # a seeded sample (covers every speaker)
+            table = table.sample(n=min(int(n), len(table)), random_state=int(hp["subset_seed"])).sort_index()
         splits[split] = (table if n is None else table.head(int(n))).reset_index(drop=True)
     return splits
 
