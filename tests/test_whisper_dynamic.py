@@ -141,6 +141,10 @@ def test_whisper_dynamic_cropped_inputs():
         ids = greedy_decode(model, short, {"prompt": [101], "eot": 100, "suppress_ids": [],
                                            "suppress_ids_begin": []}, max_new_tokens=4)
     assert len(ids) == 2
+    from transformers.modeling_outputs import BaseModelOutput
+
+    out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=short), max_new_tokens=4, do_sample=False)
+    assert out.shape[0] == 2  # generate() decodes a cropped encoder output handed to it
     with pytest.raises(WhisperInputError, match="even number"):
         encoder(x[..., :21])
     assert crop_frames(torch.zeros(1, 8, 3000), 8.0).shape[-1] == 800
