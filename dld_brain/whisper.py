@@ -139,16 +139,17 @@ def greedy_decode(model, encoder_out: torch.Tensor, decoding: dict, max_new_toke
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     batch = encoder_out.shape[0]
-    prompt = torch.tensor(decoding["prompt"], dtype=torch.long).expand(batch, -1)
+    device = encoder_out.device
+    prompt = torch.tensor(decoding["prompt"], dtype=torch.long, device=device).expand(batch, -1)
     eot = int(decoding["eot"])
     vocab = model.config.vocab_size
-    suppress = torch.zeros(vocab, dtype=torch.bool)
+    suppress = torch.zeros(vocab, dtype=torch.bool, device=device)
     suppress[[i for i in decoding["suppress_ids"] if 0 <= i < vocab]] = True
     begin = suppress.clone()
     begin[[i for i in decoding["suppress_ids_begin"] if 0 <= i < vocab]] = True
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     tokens, out = prompt, [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         result = model.model.decoder(input_ids=tokens, encoder_hidden_states=encoder_out, cache=cache,
                                      use_cache=True)  # the cache object is updated in place

@@ -1,0 +1,207 @@
+"""Dynamic-depth Whisper: the three ways to an encoder that runs at any depth, on the same data and budget.
+
+(a) ``static``: the pretrained model, encoder layers dropped at inference, no training;
+(b) ``rdld``: fine-tuned with random encoder layer dropping (per-batch Bernoulli gates), cross-entropy only;
+(c) ``dld``: the same plus ``kd_weight * KL(frozen full Whisper || student)`` on the decoder's token
+    posteriors under teacher forcing (:func:`dld_brain.askd.masked_kl`).
+
+The model is a ``WhisperForConditionalGeneration`` whose encoder is a
+:class:`dld_brain.lobes.whisper_encoder.GatedWhisperEncoder`; the whole model trains (encoder and decoder).
+Features are Whisper log-mels cropped to ``encoder_seconds`` (see :func:`crop_frames`), so training and
+decoding do not pay for 30 s of padding when that option is on. Decoding is
+:func:`dld_brain.whisper.greedy_decode`, WER uses :func:`dld_brain.whisper.normalize_digits_text`.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Callable, Optional, Sequence
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils.metric_stats import ErrorRateStats
+
+from dld_brain.lobes.whisper_encoder import GatedWhisperEncoder, crop_frames, make_gated_whisper
+from dld_brain.whisper import WhisperCompressionBrain, WhisperSetupError, decoder_logits, greedy_decode, log_mel
+
+METHODS = ("static", "rdld", "dld")
+
+
+def gated_copy(model, drop_prob: float = 0.0, gate_seed: int = 0, depth_policy: str = "even",
+               slice_positions: bool = False):
+    """A deep copy of a stock Whisper with a gated encoder (the original is left untouched)."""
+    copied = copy.deepcopy(model)
+    make_gated_whisper(copied, drop_prob=drop_prob, gate_seed=gate_seed, depth_policy=depth_policy,
+                       slice_positions=slice_positions)
+    return copied
+
+
+def gated_encoder(model) -> GatedWhisperEncoder:
+    """The gated encoder of a model built by :func:`gated_copy` (one-line error otherwise)."""
+    encoder = model.model.encoder
+    if not isinstance(encoder, GatedWhisperEncoder):
+        raise WhisperSetupError("the model's encoder is not gated: build it with gated_copy / make_gated_whisper")
+    return encoder
+
+
+def features(waveforms: Sequence, seconds: Optional[float], num_mel_bins: int = 80, batch: int = 16) -> torch.Tensor:
+    """Whisper log-mels (N, mels, frames) of 16 kHz waveforms, cropped to ``seconds`` (None: 30 s)."""
+    chunks = [crop_frames(log_mel(waveforms[i:i + batch], num_mel_bins), seconds)
+              for i in range(0, len(waveforms), batch)]
+    return torch.cat(chunks)
+
+
+def target_ids(tokenizer, decoding: dict, text: str) -> list[int]:
+    """prompt + ``text`` tokens + end of text (``text`` already written as Whisper writes it)."""
+    return [*decoding["prompt"], *tokenizer.encode(text, add_special_tokens=False).ids, decoding["eot"]]
+
+
+def digits_as_whisper(words: str) -> str:
+    """FSDD transcript -> the digits as Whisper writes them: ``"TWO EIGHT"`` -> ``" 2 8"``."""
+    names = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
+    return " " + " ".join(str(names.index(w)) for w in words.split())
+
+
+def sentence_as_whisper(words: str) -> str:
+    """An upper-case transcript (LibriSpeech) -> sentence case with a leading space and a final period."""
+    text = words.strip().lower()
+    return " " + text[:1].upper() + text[1:] + "."
+
+
+TARGET_STYLES: dict[str, Callable[[str], str]] = {"digits": digits_as_whisper, "sentence": sentence_as_whisper}
+
+
+def make_dataset(feats: torch.Tensor, ids: Sequence[str], texts: Sequence[str], tokenizer, decoding: dict,
+                 style: str = "digits") -> DynamicItemDataset:
+    """A SpeechBrain dataset of precomputed (cropped) log-mels ``feats`` and target tokens."""
+    if style not in TARGET_STYLES:
+        raise WhisperSetupError(f"target_style must be one of {sorted(TARGET_STYLES)}, got {style!r}")
+    to_text = TARGET_STYLES[style]
+    data = {uid: {"index": i, "wrd": text} for i, (uid, text) in enumerate(zip(ids, texts))}
+    dataset = DynamicItemDataset(data)
+
+    @sb.utils.data_pipeline.takes("index", "wrd")
+    @sb.utils.data_pipeline.provides("feats", "tokens")
+    def pipeline(index, wrd):
+        yield feats[index].float()
+        yield torch.tensor(target_ids(tokenizer, decoding, to_text(wrd)), dtype=torch.long)
+
+    dataset.add_dynamic_item(pipeline)
+    dataset.set_output_keys(["id", "feats", "tokens"])
+    return dataset
+
+
+class DynamicWhisperBrain(WhisperCompressionBrain):
+    """Fine-tunes a gated Whisper (``modules.student``): CE on teacher-forced tokens, plus in training
+    ``kd_weight * KL(teacher || student)`` when ``hparams.teacher`` is a model (DLD) and ``kd_weight > 0``.
+
+    The encoder draws its Bernoulli gates per batch in training (``drop_prob``) and runs at full depth in
+    validation. The teacher is frozen and its inputs are fixed, so its logits are computed once per
+    utterance and kept (float16) instead of re-running the full model every epoch. An ``askd`` object may
+    schedule the teacher weight; self-KD is not supported here (its target would need the full-depth path).
+    Batches: ``feats`` (B, mels, frames), ``tokens`` (prompt + text + eot, padded).
+    """
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        askd = getattr(self.hparams, "askd", None)
+        if askd is not None and askd.uses_self_kd:
+            raise WhisperSetupError("askd: self-KD is not supported by DynamicWhisperBrain; set askd.self_schedule "
+                                    "to null (the teacher schedule works)")
+        self._teacher_logits: dict[str, torch.Tensor] = {}
+
+    def teacher_logits(self, batch, tokens: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's teacher-forced logits for the batch (computed once per utterance)."""
+        missing = [i for i, uid in enumerate(batch.id) if uid not in self._teacher_logits]
+        if missing:
+            teacher = self.hparams.teacher
+            with torch.no_grad():
+                feats = batch.feats.data[missing]
+                enc = teacher.model.encoder(feats).last_hidden_state
+                out = decoder_logits(teacher, tokens[missing, :-1], enc)
+            lengths = torch.round(batch.tokens.lengths[missing] * tokens.shape[1]).long() - 1
+            for j, i in enumerate(missing):
+                self._teacher_logits[batch.id[i]] = out[j, : int(lengths[j])].half().cpu()
+        rows = [self._teacher_logits[uid] for uid in batch.id]
+        padded = torch.zeros(len(rows), tokens.shape[1] - 1, rows[0].shape[-1])
+        for i, row in enumerate(rows):
+            padded[i, : row.shape[0]] = row.float()
+        return padded.to(tokens.device)
+
+    def compute_forward(self, batch, stage):
+        """Student logits through the gated encoder (and in training the cached teacher logits)."""
+        batch = batch.to(self.device)
+        feats, _ = batch.feats
+        tokens, _ = batch.tokens
+        enc = self.modules.student.model.encoder(feats).last_hidden_state
+        logits = decoder_logits(self.modules.student, tokens[:, :-1], enc)
+        teacher = None
+        w = (1.0, 0.0)
+        askd = getattr(self.hparams, "askd", None)
+        if stage == sb.Stage.TRAIN:
+            if askd is not None:
+                w = askd.weights(self.hparams.epoch_counter.current)
+            if getattr(self.hparams, "teacher", None) is not None and self.hparams.kd_weight > 0 and w[0] > 0:
+                teacher = self.teacher_logits(batch, tokens)
+        return logits, teacher, None, w
+
+
+def evaluate_depths(model, feats: torch.Tensor, ids: Sequence[str], refs: Sequence[str], tokenizer, decoding: dict,
+                    depths: Sequence[int], normalize: Callable[[str], str], max_new_tokens: int = 24,
+                    batch: int = 16, policy: Optional[str] = None) -> dict[int, dict]:
+    """Greedy WER of a gated Whisper at each encoder depth: ``{depth: {"wer", "words", "layers", "lines"}}``
+    (``lines``: one ``ID, ref, hyp, raw`` line per utterance). References and hypotheses share ``normalize``."""
+    encoder = gated_encoder(model)
+    model.eval()
+    results = {}
+    for depth in depths:
+        stats = ErrorRateStats()
+        lines = []
+        with encoder.at_depth(depth, policy=policy) as layers, torch.no_grad():
+            for i in range(0, len(ids), batch):
+                enc = encoder(feats[i:i + batch].float().to(encoder.device)).last_hidden_state
+                for j, hyp_ids in enumerate(greedy_decode(model, enc, decoding, max_new_tokens)):
+                    raw = tokenizer.decode(hyp_ids, skip_special_tokens=True)
+                    hyp, ref = normalize(raw), normalize(refs[i + j])
+                    stats.append([ids[i + j]], [hyp.split()], [ref.split()])
+                    lines.append(f"{ids[i + j]}\tref={ref}\thyp={hyp}\traw={raw!r}")
+        results[int(depth)] = {"wer": float(stats.summarize("error_rate")),
+                               "words": int(stats.summarize("num_scored_tokens")), "layers": layers, "lines": lines}
+    return results
+
+
+def latency_per_depth(model, waveforms: Sequence, decoding: dict, depths: Sequence[int],
+                      seconds: Optional[float], max_new_tokens: int = 24, repeats: int = 3) -> dict[int, float]:
+    """Median end-to-end seconds (log-mel + crop + gated encoder + greedy decoding to end of text) of one
+    batch of ``waveforms`` at each depth; depths are interleaved per repeat (round-robin) after a warm-up."""
+    encoder = gated_encoder(model)
+    model.eval()
+
+    def once(depth):
+        start = time.perf_counter()
+        with encoder.at_depth(depth), torch.no_grad():
+            feats = crop_frames(log_mel(waveforms, model.config.num_mel_bins), seconds).to(encoder.device)
+            greedy_decode(model, encoder(feats).last_hidden_state, decoding, max_new_tokens)
+        return time.perf_counter() - start
+
+    once(max(depths))
+    times = {int(d): [] for d in depths}
+    for _ in range(int(repeats)):
+        for depth in depths:
+            times[int(depth)].append(once(depth))
+    return {d: statistics.median(t) for d, t in times.items()}
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, Optional[float]]:
+    """(mean, half-width of the t-interval); the half-width is None for fewer than 2 values."""
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    from scipy import stats
+
+    sem = statistics.stdev(values) / len(values) ** 0.5
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
