@@ -9,6 +9,13 @@ set and takes 25-49 the test set, each take used once. With ``valid_speakers`` (
 validation set and every take of the held-out speakers the test set.
 One seeded ``random.Random`` drives everything, so the same arguments give byte-identical manifests and
 audio. The derived audio stays CC BY-SA 4.0.
+
+``train_digits=(lo, hi)`` makes the training strings ``lo..hi`` digits long (e.g. ``(1, 7)``: isolated digits
+included) while validation and test keep ``min_digits..max_digits``, byte for byte the same as without the
+option: training then draws from its own seeded generator, and the shared one is advanced exactly as the
+default training strings would have advanced it. ``isolated_test=k`` also writes ``test_isolated.csv``: the
+first ``k`` test takes of every digit and test speaker, each clip alone (no random draws, so it changes
+nothing else).
 """
 
 from __future__ import annotations
@@ -183,7 +190,7 @@ def _can_split(n: int, lo: int, hi: int) -> bool:
 
 
 def _check_options(train_speakers, heldout_speakers, min_digits, max_digits, train_copies, sample_rate,
-                   gap_range_s, takes_per_digit, valid_speakers=None) -> None:
+                   gap_range_s, takes_per_digit, valid_speakers=None, train_digits=None) -> None:
     """Raise DataPrepError for options that cannot give a speaker-disjoint corpus of min..max digit strings."""
     if not train_speakers or not heldout_speakers or valid_speakers == ():
         raise DataPrepError("need at least one training and one held-out FSDD speaker (and one validation "
@@ -214,11 +221,14 @@ def _check_options(train_speakers, heldout_speakers, min_digits, max_digits, tra
         raise DataPrepError(f"gap_range_s must be (low, high) seconds with 0 <= low <= high, got {gap_range_s}")
     if takes_per_digit is not None and not 1 <= takes_per_digit <= TAKES:
         raise DataPrepError(f"takes_per_digit must be None or 1..{TAKES}, got {takes_per_digit}")
+    if train_digits is not None and (len(train_digits) != 2 or not 1 <= train_digits[0] <= train_digits[1]):
+        raise DataPrepError(f"train_digits must be (low, high) with 1 <= low <= high, got {train_digits}")
     for split in SPLITS:
         n = 10 * len(_split_takes(split, takes_per_digit, valid_speakers is not None))
-        if not _can_split(n, min_digits, max_digits):
+        lo, hi = train_digits if split == "train" and train_digits is not None else (min_digits, max_digits)
+        if not _can_split(n, lo, hi):
             raise DataPrepError(f"{split}: {n} clips per speaker cannot be cut into strings of "
-                                f"{min_digits}..{max_digits} digits; widen the range or change takes_per_digit")
+                                f"{lo}..{hi} digits; widen the range or change takes_per_digit")
 
 
 # ------------------------------------------------------------------------------------------ audio
@@ -301,6 +311,36 @@ def _utterances(jobs, rng: random.Random, min_digits: int, max_digits: int):
             start += size
 
 
+def _advance(rng: random.Random, jobs, min_digits: int, max_digits: int, gap_range_s: tuple[float, float]) -> None:
+    """Consume exactly the draws :func:`_write_split` makes for ``jobs`` (shuffles, sizes, one gap per joint)
+    without reading or writing audio."""
+    for _, group in _utterances(jobs, rng, min_digits, max_digits):
+        for _ in group[1:]:
+            rng.uniform(*gap_range_s)
+
+
+def _write_isolated(jobs, root: Path, save_folder: Path, cache: dict, sample_rate: int, takes: int) -> list[dict]:
+    """``test_isolated``: the first ``takes`` takes of each digit of each test speaker, one clip per utterance."""
+    wav_dir = save_folder / "wavs" / "test_isolated"
+    if wav_dir.exists():
+        shutil.rmtree(wav_dir)
+    wav_dir.mkdir(parents=True)
+    rows = []
+    for spk, clips in jobs:
+        kept = sorted({t for _, t in clips})[:takes]
+        for digit, take in sorted(c for c in clips if c[1] in kept):
+            path = _clip_path(root, spk, (digit, take))
+            if path not in cache:
+                cache[path] = _read_clip(path, sample_rate)
+            samples = _to_pcm16(cache[path])
+            utt_id = f"fsdd_iso_{spk}_{digit}_{take:02d}"
+            wav = wav_dir / f"{utt_id}.wav"
+            soundfile.write(str(wav), samples, sample_rate, subtype="PCM_16")
+            rows.append({"ID": utt_id, "duration": f"{len(samples) / sample_rate:.3f}", "wav": str(wav.resolve()),
+                         "spk_id": spk, "wrd": DIGIT_WORDS[digit]})
+    return rows
+
+
 def _write_split(split: str, jobs, root: Path, save_folder: Path, rng: random.Random, cache: dict,
                  sample_rate: int, gap_range_s: tuple[float, float], min_digits: int, max_digits: int) -> list[dict]:
     """Write one split's wavs (fresh folder) and return its manifest rows."""
@@ -352,19 +392,29 @@ def prepare_fsdd(
     gap_range_s: tuple[float, float] = (0.05, 0.25),
     takes_per_digit: Optional[int] = None,
     valid_speakers: Optional[Sequence[str]] = None,
+    train_digits: Optional[Sequence[int]] = None,
+    isolated_test: int = 0,
 ) -> dict[str, Path]:
     """Write ``train/valid/test.csv`` (ID, duration, wav, spk_id, wrd) and 16-bit wavs under ``save_folder``.
 
     ``valid_speakers``: validate on these speakers instead of the held-out (test) ones; e.g.
     ``train, valid, test = speaker_fold(k)`` then ``train_speakers=train, valid_speakers=valid,
-    heldout_speakers=test``. Skips the work when a finished prep with the same options is there. Returns
+    heldout_speakers=test``. ``train_digits=(lo, hi)``: training strings of lo..hi digits, validation and test
+    unchanged (see the module docstring); ``isolated_test=k`` adds ``test_isolated.csv`` (``k`` takes per digit
+    and test speaker, one digit per utterance). Skips the work when a finished prep with the same options is there. Returns
     ``{split: csv path}``.
     """
     train_speakers, heldout_speakers = _speakers(train_speakers), _speakers(heldout_speakers)
     valid_speakers = None if valid_speakers is None else _speakers(valid_speakers)
     gap_range_s = tuple(float(g) for g in gap_range_s)
+    train_digits = None if train_digits is None else tuple(int(d) for d in train_digits)
+    if train_digits == (min_digits, max_digits):
+        train_digits = None  # the default prep, byte for byte
+    isolated_test = int(isolated_test or 0)
     _check_options(train_speakers, heldout_speakers, min_digits, max_digits, train_copies, sample_rate,
-                   gap_range_s, takes_per_digit, valid_speakers)
+                   gap_range_s, takes_per_digit, valid_speakers, train_digits)
+    if isolated_test < 0:
+        raise DataPrepError(f"isolated_test must be >= 0 (takes per digit and test speaker), got {isolated_test}")
     save_folder = Path(save_folder)
     csvs = {split: save_folder / f"{split}.csv" for split in SPLITS}
     options = dict(version=PREP_VERSION, seed=seed, train_speakers=train_speakers,
@@ -373,6 +423,11 @@ def prepare_fsdd(
                    takes_per_digit=takes_per_digit)
     if valid_speakers is not None:  # only then: preps made before this option stay valid
         options["valid_speakers"] = valid_speakers
+    if train_digits is not None:  # likewise
+        options["train_digits"] = train_digits
+    if isolated_test:
+        options["isolated_test"] = isolated_test
+        csvs["test_isolated"] = save_folder / "test_isolated.csv"
     marker = PrepMarker(save_folder, "fsdd", options)
     if marker.done([*csvs.values(), *(save_folder / "wavs" / s for s in SPLITS)]):
         logger.info("FSDD manifests in %s are up to date (same options); skipping preparation", save_folder)
@@ -384,9 +439,17 @@ def prepare_fsdd(
     rng, cache = random.Random(seed), {}
     with _one_torch_thread():
         for split in SPLITS:
-            rows = _write_split(split, plan[split], root, save_folder, rng, cache, sample_rate, gap_range_s,
-                                min_digits, max_digits)
+            split_rng, lo, hi = rng, min_digits, max_digits
+            if split == "train" and train_digits is not None:
+                split_rng, (lo, hi) = random.Random(f"{seed}:train:{train_digits[0]}-{train_digits[1]}"), train_digits
+                _advance(rng, plan["train"], min_digits, max_digits, gap_range_s)  # valid/test as by default
+            rows = _write_split(split, plan[split], root, save_folder, split_rng, cache, sample_rate, gap_range_s,
+                                lo, hi)
             write_manifest(csvs[split], rows)
             _log_summary(split, rows)
+        if isolated_test:
+            rows = _write_isolated(plan["test"], root, save_folder, cache, sample_rate, isolated_test)
+            write_manifest(csvs["test_isolated"], rows)
+            _log_summary("test_isolated", rows)
     marker.mark()
     return csvs

@@ -119,8 +119,8 @@ def run_in_this_process(argv: list) -> None:
     from dld_brain.recipe import run_asr_recipe
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    prepare = recipe_module().prepare
-    main_guard(lambda: run_asr_recipe(argv, prepare))
+    module = recipe_module()
+    main_guard(lambda: run_asr_recipe(argv, module.prepare, module.configure))
 
 
 def prepare_folds(args, runs) -> None:

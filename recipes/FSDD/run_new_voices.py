@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""New voices (issue 15 item 6): the default FSDD teacher vs hparams/fsdd/voices.yaml on leave-one-speaker-out
+folds, each scored on its fold's test speaker (3-7 digit strings), on that speaker's isolated digits, and on a
+probe of digit strings from Debian speech synthesisers (never trained on). See docs/new_voices.md.
+
+Usage:
+  python recipes/FSDD/run_new_voices.py --folds 0 1 --output results/new_voices
+  python recipes/FSDD/run_new_voices.py --folds 0 1 --output results/new_voices --aggregate-only
+  python recipes/FSDD/run_new_voices.py ... -- --number_of_epochs=2      # extra train.py overrides
+
+Each run is one ``recipes/FSDD/train.py`` process (log: <output>/<config>/fold<k>.log) with
+``--fold=k --num_folds=6`` (4 train / 1 valid / 1 test speakers) and the budget in BUDGET; a finished run
+(its sweep on the probe exists) is skipped, an unfinished one resumes from its checkpoints. Writes
+``<output>/new_voices.csv`` / ``.md`` (WER and WER_beam at full depth per config, fold and set, means over the
+folds) and ``tts_by_voice.csv`` (the probe per voice and per string kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dld_brain.data.tts_probe import wer_by_group, write_tts_probe  # noqa: E402
+from dld_brain.sweep import markdown_table  # noqa: E402
+
+TRAIN = ROOT / "recipes" / "FSDD" / "train.py"
+CONFIGS = {"default": ROOT / "hparams" / "fsdd" / "teacher.yaml", "voices": ROOT / "hparams" / "fsdd" / "voices.yaml"}
+#: CPU-sized budget for the 2-core machine (docs/new_voices.md): a smaller teacher than the README's
+#: (4 layers, d_model 96 instead of 6 / 144), 8 epochs, one pass of each training clip, full depth only.
+BUDGET = ["--num_layers=4", "--d_model=96", "--nhead=4", "--d_ffn=384", "--number_of_epochs=8",
+          "--train_copies=1", "--sweep_depths=[4]", "--isolated_test=10", "--download=False", "--device=cpu"]
+SETS = ("test", "test_isolated", "tts")
+
+
+def run_args(args, config: str, fold: int, probe: Path) -> list[str]:
+    root = Path(args.output) / config / f"fold{fold}"
+    return [str(CONFIGS[config]), f"--experiment_root={root}", f"--fold={fold}", "--num_folds=6",
+            f"--data_folder={args.data_folder}", f"--extra_test_csvs={{tts: {probe.resolve()}}}", f"--seed={args.seed}", *BUDGET, *args.extra]
+
+
+def run_folder(args, config: str, fold: int) -> Path:
+    return Path(args.output) / config / f"fold{fold}" / "teacher"
+
+
+def collect(args, probe: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, voices = [], []
+    for config in args.configs:
+        for fold in args.folds:
+            folder = run_folder(args, config, fold)
+            for test_set in SETS:
+                path = folder / f"depth_sweep_{test_set}.csv"
+                if not path.is_file():
+                    continue
+                sweep = pd.read_csv(path)
+                last = sweep[sweep["depth"] == sweep["depth"].max()].iloc[0]
+                rows.append({"config": config, "fold": fold, "set": test_set, "depth": int(last["depth"]),
+                             "WER": last["WER"], "WER_beam": last.get("WER_beam")})
+            if (folder / "depth_sweep_tts.csv").is_file():
+                depth = int(pd.read_csv(folder / "depth_sweep_tts.csv")["depth"].max())
+                table = wer_by_group(folder, "tts", probe, depth)
+                table.insert(0, "fold", fold)
+                table.insert(0, "config", config)
+                voices.append(table)
+    return pd.DataFrame(rows), (pd.concat(voices, ignore_index=True) if voices else pd.DataFrame())
+
+
+def report(args, probe: Path) -> None:
+    results, voices = collect(args, probe)
+    out = Path(args.output)
+    if results.empty:
+        print("no finished runs yet")
+        return
+    results.to_csv(out / "new_voices.csv", index=False)
+    mean = results.groupby(["config", "set"], as_index=False)[["WER", "WER_beam"]].mean().round(2)
+    mean.insert(1, "fold", "mean")
+    lines = ["# New voices: default teacher vs voices.yaml (full depth)", "",
+             markdown_table(pd.concat([results.drop(columns="depth"), mean], ignore_index=True)), ""]
+    if not voices.empty:
+        voices.to_csv(out / "tts_by_voice.csv", index=False)
+        per_voice = voices.groupby(["config", "group"], as_index=False)[["WER", "WER_beam"]].mean().round(2)
+        lines += ["## TTS probe per voice / kind (mean over folds)", "", markdown_table(per_voice), ""]
+    (out / "new_voices.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1], help="leave-one-speaker-out folds (0-5)")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--output", default="results/new_voices")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data_folder", default=str(ROOT.parent / "shared" / "data" / "fsdd"))
+    parser.add_argument("--per-voice", type=int, default=14, dest="per_voice", help="probe utterances per voice")
+    parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: overrides for every train.py run")
+    args = parser.parse_args(argv)
+    args.extra = [a for a in args.extra if a != "--"]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    probe = write_tts_probe(out / "tts_probe", per_voice=args.per_voice)
+    if not args.aggregate_only:
+        for fold in args.folds:
+            for config in args.configs:
+                if (run_folder(args, config, fold) / "depth_sweep_tts.csv").is_file():
+                    continue
+                log = out / config / f"fold{fold}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                start, cpu0 = time.time(), os.times()
+                with open(log, "a") as handle:
+                    code = subprocess.call([sys.executable, str(TRAIN), *run_args(args, config, fold, probe)],
+                                           stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+                cpu1 = os.times()
+                cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
+                with open(out / "timing.csv", "a") as handle:
+                    handle.write(f"{config},{fold},{code},{time.time() - start:.1f},{cpu:.1f}\n")
+                print(f"{config} fold {fold}: exit {code}, {time.time() - start:.0f} s wall, {cpu:.0f} CPU s",
+                      flush=True)
+                if code:
+                    return code
+    report(args, probe)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""New voices (issue 15 item 6): synthetic noises / impulse responses, 1-7 digit training strings, the TTS
+probe and the voices recipe. Select with ``pytest -k new_voices``."""
+
+import filecmp
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, tiny
+
+from dld_brain.data import synthetic_channels as sc
+from dld_brain.data.fsdd import prepare_fsdd
+from dld_brain.data.manifest import DataPrepError
+
+HP = REPO / "hparams" / "fsdd"
+
+
+def _band_power(x: torch.Tensor, sample_rate: int, low: float, high: float) -> float:
+    spectrum = torch.fft.rfft(x).abs().pow(2)
+    freqs = torch.fft.rfftfreq(x.numel(), 1.0 / sample_rate)
+    return float(spectrum[(freqs >= low) & (freqs < high)].mean())
+
+
+# ------------------------------------------------------------------------------------ synthetic tensors
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0, -1.0])
+def test_new_voices_coloured_noise_has_its_spectral_slope(exponent):
+    gen = torch.Generator().manual_seed(0)
+    noise = sc.coloured_noise(2 ** 16, exponent, gen)
+    assert noise.shape == (2 ** 16,) and noise.dtype == torch.float32
+    assert abs(float(noise.pow(2).mean().sqrt()) - 1.0) < 1e-3
+    # power per octave band: an octave up changes the power density by 2 ** -exponent
+    low, high = _band_power(noise, 16000, 500, 1000), _band_power(noise, 16000, 2000, 4000)
+    measured = torch.log2(torch.tensor(low / high)).item() / 2  # two octaves apart
+    assert abs(measured - exponent) < 0.25
+
+
+def test_new_voices_noise_is_seeded():
+    a = sc.coloured_noise(1000, 1.0, torch.Generator().manual_seed(5))
+    b = sc.coloured_noise(1000, 1.0, torch.Generator().manual_seed(5))
+    c = sc.coloured_noise(1000, 1.0, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_new_voices_hum_and_babble_are_where_expected():
+    gen = torch.Generator().manual_seed(1)
+    hum = sc.hum_noise(16000, 16000, 50.0, gen)
+    assert _band_power(hum, 16000, 45, 1005) > 100 * _band_power(hum, 16000, 2000, 8000)
+    babble = sc.babble_like_noise(32000, 16000, gen)
+    assert _band_power(babble, 16000, 200, 3000) > 1e3 * _band_power(babble, 16000, 5000, 8000)
+
+
+@pytest.mark.parametrize("rt60", [0.1, 0.5, 0.9])
+def test_new_voices_room_ir_direct_path_first_and_decays(rt60):
+    ir = sc.synthetic_room_ir(16000, rt60, drr_db=3.0, generator=torch.Generator().manual_seed(2))
+    assert ir.numel() == int(rt60 * 16000)
+    assert int(ir.abs().argmax()) == 0 and float(ir[0]) == 1.0  # AddReverb aligns on the peak
+    tail = ir[1:]
+    drr = 10 * torch.log10(1.0 / tail.pow(2).sum())
+    assert abs(float(drr) - 3.0) < 0.5 or float(tail.abs().max()) <= 0.9
+    quarter = tail.numel() // 4
+    assert tail[:quarter].pow(2).sum() > 100 * tail[-quarter:].pow(2).sum()  # >= 20 dB down by the end
+    with pytest.raises(ValueError):
+        sc.synthetic_room_ir(16000, 0.0)
+
+
+def test_new_voices_mic_ir_band_limits_and_peaks_in_the_centre():
+    for seed in range(5):
+        fir = sc.synthetic_mic_ir(16000, generator=torch.Generator().manual_seed(seed))
+        assert fir.shape == (511,) and int(fir.abs().argmax()) == 255 and float(fir.abs().max()) == 1.0
+        response = torch.fft.rfft(fir, n=4096).abs()
+        freqs = torch.fft.rfftfreq(4096, 1 / 16000)
+        mid = response[(freqs > 700) & (freqs < 1500)].mean()
+        assert response[freqs < 30].mean() < 0.2 * mid  # high-pass edge at >= 60 Hz
+        assert response[freqs > 7900].mean() < 0.2 * mid  # low-pass edge below Nyquist
+    with pytest.raises(ValueError):
+        sc.synthetic_mic_ir(16000, 256)
+
+
+def test_new_voices_manifests_drive_speechbrain_augmenters(tmp_path):
+    from speechbrain.augment.time_domain import AddNoise, AddReverb
+
+    csvs = sc.write_channel_manifests(tmp_path / "ch", noises_per_kind=1, num_rooms=3, num_mics=3,
+                                      noise_seconds=3.0)
+    for name, rows in (("noise", 7), ("rooms", 3), ("mics", 3)):
+        table = pd.read_csv(csvs[name])
+        assert list(table.columns) == ["ID", "duration", "wav", "wav_format", "wav_opts"] and len(table) == rows
+    stamp = csvs["noise"].stat().st_mtime_ns
+    assert sc.write_channel_manifests(tmp_path / "ch", noises_per_kind=1, num_rooms=3, num_mics=3,
+                                      noise_seconds=3.0) == csvs
+    assert csvs["noise"].stat().st_mtime_ns == stamp  # same options: not rewritten
+
+    torch.manual_seed(0)
+    t = torch.arange(16000) / 16000
+    clean = (0.3 * torch.sin(2 * torch.pi * 440 * t)).repeat(4, 1)
+    noisy = AddNoise(str(csvs["noise"]), snr_low=10, snr_high=10)(clean, torch.ones(4))
+    # AddNoise scales the clean part by 1 - a and the noise to a * rms(clean), a = 1 / (10**0.5 + 1)
+    a = 1 / (10 ** 0.5 + 1)
+    snr = 10 * torch.log10(((1 - a) * clean).pow(2).mean(1) / (noisy - (1 - a) * clean).pow(2).mean(1))
+    assert torch.allclose(snr, torch.full((4,), 20 * torch.log10(torch.tensor((1 - a) / a))), atol=0.5)
+    for name in ("rooms", "mics"):
+        out = AddReverb(str(csvs[name]))(clean)
+        assert out.shape == clean.shape and not torch.allclose(out, clean)
+        # aligned on the direct path / FIR centre: the tone's phase is kept (correlation at lag 0 is high)
+        corr = torch.nn.functional.cosine_similarity(out[:, 4000:12000], clean[:, 4000:12000], dim=1)
+        assert (corr > 0.5).all()
+
+
+def test_new_voices_yaml_augmenter_changes_the_wave(tmp_path):
+    from dld_brain.augment import apply_augment
+    from dld_brain.hparams import load_hparams
+
+    hparams = load_hparams(HP / "voices.yaml", {"experiment_root": str(tmp_path), "data_folder": str(tmp_path)})
+    sc.write_channel_manifests(hparams["channel_folder"], seed=hparams["channel_seed"])
+    assert hparams["train_digits"] == [1, 7]
+    torch.manual_seed(3)
+    x = 0.1 * torch.randn(4, 16000)
+    changed = 0
+    for _ in range(10):
+        y, lens = apply_augment(hparams["wav_augment"], x.clone(), torch.ones(4))
+        assert y.shape[0] == 4 and lens.shape == (4,) and torch.isfinite(y).all()
+        changed += y.shape != x.shape or not torch.allclose(y, x)
+    assert changed >= 8  # unchanged only when speed 100 % and no channel augmentation (p = 0.15 / 8)
+
+
+# --------------------------------------------------------------------------------------------- data
+def test_new_voices_train_digits_give_isolated_digits_and_keep_valid_test(tmp_path, fsdd_dir):
+    common = dict(fallback_folders=(), download=False, takes_per_digit=4, train_copies=1)
+    default = prepare_fsdd(fsdd_dir, tmp_path / "default", **common)
+    wide = prepare_fsdd(fsdd_dir, tmp_path / "wide", train_digits=(1, 7), isolated_test=2, **common)
+    train = pd.read_csv(wide["train"])
+    lengths = train["wrd"].str.split().str.len()
+    assert lengths.min() == 1 and lengths.max() <= 7 and (lengths == 1).sum() >= 3
+    assert pd.read_csv(default["train"])["wrd"].str.split().str.len().min() >= 3
+    # every training clip is used once per copy, as before: the same number of digits
+    assert lengths.sum() == pd.read_csv(default["train"])["wrd"].str.split().str.len().sum()
+    for split in ("valid", "test"):  # byte for byte the default sets (manifests up to the folder, audio)
+        a, b = pd.read_csv(default[split]), pd.read_csv(wide[split])
+        assert a.drop(columns="wav").equals(b.drop(columns="wav"))
+        for wa, wb in zip(a["wav"], b["wav"]):
+            assert filecmp.cmp(wa, wb, shallow=False)
+    iso = pd.read_csv(wide["test_isolated"])
+    assert len(iso) == 2 * 10 * 2 and (iso["wrd"].str.split().str.len() == 1).all()  # 2 takes x 10 digits x 2 spk
+    assert set(iso["spk_id"]) == set(pd.read_csv(default["test"])["spk_id"])
+    # the same options again: skipped; train_digits equal to the default range: the default prep
+    assert prepare_fsdd(fsdd_dir, tmp_path / "wide", train_digits=(1, 7), isolated_test=2, **common) == wide
+    same = prepare_fsdd(fsdd_dir, tmp_path / "same", train_digits=(3, 7), **common)
+    assert pd.read_csv(same["train"]).drop(columns="wav").equals(pd.read_csv(default["train"]).drop(columns="wav"))
+    with pytest.raises(DataPrepError, match="train_digits"):
+        prepare_fsdd(fsdd_dir, tmp_path / "bad", train_digits=(0, 7), **common)
+
+
+# --------------------------------------------------------------------------------------------- probe
+def test_new_voices_tts_digit_strings_cover_every_length():
+    from dld_brain.data.tts_probe import digit_strings
+
+    strings = digit_strings(14, seed=1)
+    assert sorted(len(s) for s in strings) == sorted(list(range(1, 8)) * 2)
+    assert digit_strings(14, seed=1) == strings
+
+
+def test_new_voices_tts_probe_writes_a_scorable_manifest(tmp_path):
+    from dld_brain.data.tts_probe import available_voices, write_tts_probe
+
+    voices = available_voices()[:1]
+    if not voices:
+        pytest.skip("no Debian TTS engine installed (espeak-ng, flite, festival)")
+    csv = write_tts_probe(tmp_path / "probe", per_voice=2, voices=voices)
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["ID", "duration", "wav", "spk_id", "wrd"] and len(table) == 2
+    import soundfile
+
+    for wav in table["wav"]:
+        info = soundfile.info(wav)
+        assert info.samplerate == 16000 and info.channels == 1 and info.frames > 1600
+
+
+# ------------------------------------------------------------------------------------ integration
+def test_new_voices_recipe_on_real_audio(tmp_path, fsdd_dir):
+    """hparams/fsdd/voices.yaml end to end on real FSDD audio with a tiny model (well under 30 s)."""
+    from test_fsdd_recipe import load_recipe
+
+    from dld_brain.recipe import run_asr_recipe
+
+    recipe = load_recipe()
+    args = [str(HP / "voices.yaml"), f"--experiment_root={tmp_path}", f"--data_folder={fsdd_dir}",
+            *tiny(sweep_depths="[4]", isolated_test=1, fold=0, num_folds=6)]
+    run_asr_recipe(args, recipe.prepare, recipe.configure)
+    prepared = tmp_path / "prepared"
+    assert (pd.read_csv(prepared / "train.csv")["wrd"].str.split().str.len() == 1).any()
+    assert all((prepared / "channels" / f"{n}.csv").is_file() for n in ("noise", "rooms", "mics"))
+    for test_set in ("test", "test_isolated"):
+        sweep = pd.read_csv(tmp_path / "teacher" / f"depth_sweep_{test_set}.csv")
+        assert sweep["depth"].tolist() == [4] and {"WER", "WER_beam"} <= set(sweep.columns)
+    shutil.rmtree(tmp_path / "teacher" / "save")
