@@ -193,3 +193,53 @@ def test_new_voices_recipe_on_real_audio(tmp_path, fsdd_dir):
         sweep = pd.read_csv(tmp_path / "teacher" / f"depth_sweep_{test_set}.csv")
         assert sweep["depth"].tolist() == [4] and {"WER", "WER_beam"} <= set(sweep.columns)
     shutil.rmtree(tmp_path / "teacher" / "save")
+
+
+# ------------------------------------------------------------------------------------------- report
+def _fake_run(folder, test_set, wer_by_id, refs):
+    """A finished run's sweep CSV and SpeechBrain wer file at depth 6 from per-utterance hypotheses."""
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = ErrorRateStats()
+    stats.append(list(wer_by_id), [h.split() for h in wer_by_id.values()], [refs[i].split() for i in wer_by_id])
+    with open(folder / f"wer_{test_set}_n6.txt", "w") as handle:
+        stats.write_stats(handle)
+    wer = stats.summarize("error_rate")
+    pd.DataFrame([{"method": "teacher", "test_set": test_set, "depth": 6, "WER": wer, "WER_beam": wer / 2,
+                   "encoder_params": 100}]).to_csv(folder / f"depth_sweep_{test_set}.csv", index=False)
+    return wer
+
+
+def test_new_voices_report_pairs_configs_over_folds(tmp_path):
+    from dld_brain import new_voices as nv
+
+    refs = {"a1": "ONE", "a2": "TWO THREE", "b1": "FOUR FIVE SIX", "b2": "SEVEN"}
+    manifest = tmp_path / "tts.csv"
+    pd.DataFrame({"ID": list(refs), "spk_id": ["flite:kal", "flite:kal", "espeak-ng:en-us", "espeak-ng:en-us"],
+                  "wrd": list(refs.values()), "wav": "x", "duration": 1.0}).to_csv(manifest, index=False)
+    good = dict(refs)
+    bad = {"a1": "ONE ONE", "a2": "TWO", "b1": "FOUR FIVE SIX", "b2": "SEVEN"}  # 2 errors in 7 words
+    worse = {"a1": "NINE", "a2": "TWO", "b1": "FOUR", "b2": "SEVEN"}  # 4 errors
+    for fold, (voices, default) in enumerate([(good, bad), (good, worse), (bad, worse)]):
+        _fake_run(nv.run_folder(tmp_path, "voices", fold), "tts", voices, refs)
+        _fake_run(nv.run_folder(tmp_path, "default", fold), "tts", default, refs)
+    nv.run_folder(tmp_path, "default", 3).mkdir(parents=True)  # unfinished: left out
+    runs = nv.collect_voice_runs(tmp_path, ["voices", "default"], [0, 1, 2, 3])
+    assert len(runs) == 6 and set(runs["fold"]) == {0, 1, 2}
+    summary = nv.config_summary(runs).set_index("config")
+    assert summary.loc["voices", "mean"] == pytest.approx(100 * 2 / 7 / 3)
+    assert summary.loc["default", "mean"] == pytest.approx(100 * (2 + 4 + 4) / 7 / 3)
+    diffs = nv.config_differences(runs, "voices", "default").set_index("metric")
+    assert diffs.loc["WER", "runs"] == 3
+    assert diffs.loc["WER", "run_diff"] == pytest.approx(100 * (-2 - 4 - 2) / 7 / 3)
+    assert diffs.loc["WER_beam", "run_diff"] == pytest.approx(diffs.loc["WER", "run_diff"] / 2)
+    groups = nv.collect_probe_groups(tmp_path, ["voices", "default"], [0, 1, 2], manifest)
+    kal = groups[(groups["group"] == "flite:kal") & (groups["config"] == "default") & (groups["fold"] == 1)]
+    assert kal["WER"].iloc[0] == pytest.approx(100 * 2 / 3, abs=0.01)  # NINE for ONE, THREE deleted
+    isolated = groups[(groups["group"] == "isolated") & (groups["config"] == "voices")]
+    assert sorted(isolated["WER"]) == pytest.approx([0, 0, 50])  # fold 2: ONE ONE for ONE (1 of 2 words)
+    text = nv.voices_markdown(runs, groups, timing=pd.DataFrame(
+        {"config": ["voices", "default"], "fold": [0, 0], "wall_s": [10.0, 5.0], "cpu_s": [9.0, 4.0]}))
+    assert "3 leave-one-speaker-out folds" in text and "Paired difference voices - default" in text
+    assert "flite:kal" in text and "| voices | 10 | 9 |" in text.replace(".0", "")

@@ -29,67 +29,40 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dld_brain.data.tts_probe import wer_by_group, write_tts_probe  # noqa: E402
-from dld_brain.sweep import markdown_table  # noqa: E402
+from dld_brain.data.tts_probe import write_tts_probe  # noqa: E402
+from dld_brain.new_voices import collect_probe_groups, collect_voice_runs, run_folder, voices_markdown  # noqa: E402
 
 TRAIN = ROOT / "recipes" / "FSDD" / "train.py"
 CONFIGS = {"default": ROOT / "hparams" / "fsdd" / "teacher.yaml", "voices": ROOT / "hparams" / "fsdd" / "voices.yaml"}
-#: CPU-sized budget for the 2-core machine (docs/new_voices.md): a smaller teacher than the README's
-#: (4 layers, d_model 96 instead of 6 / 144), 8 epochs, one pass of each training clip, full depth only.
-BUDGET = ["--num_layers=4", "--d_model=96", "--nhead=4", "--d_ffn=384", "--number_of_epochs=8",
-          "--train_copies=1", "--sweep_depths=[4]", "--isolated_test=10", "--download=False", "--device=cpu"]
-SETS = ("test", "test_isolated", "tts")
+#: The study's teacher budget (recipes/FSDD/run_study.py, docs/study): the README's model (6 layers, d_model 144)
+#: for 10 epochs, scored at full depth only (the teacher is static). About 6 CPU min a run for ``default``.
+BUDGET = ["--number_of_epochs=10", "--sweep_depths=[6]", "--isolated_test=10", "--download=False", "--device=cpu"]
 
 
 def run_args(args, config: str, fold: int, probe: Path) -> list[str]:
-    root = Path(args.output) / config / f"fold{fold}"
+    root = run_folder(args.output, config, fold).parent
     return [str(CONFIGS[config]), f"--experiment_root={root}", f"--fold={fold}", "--num_folds=6",
             f"--data_folder={args.data_folder}", f"--extra_test_csvs={{tts: {probe.resolve()}}}", f"--seed={args.seed}", *BUDGET, *args.extra]
 
 
-def run_folder(args, config: str, fold: int) -> Path:
-    return Path(args.output) / config / f"fold{fold}" / "teacher"
-
-
-def collect(args, probe: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    rows, voices = [], []
-    for config in args.configs:
-        for fold in args.folds:
-            folder = run_folder(args, config, fold)
-            for test_set in SETS:
-                path = folder / f"depth_sweep_{test_set}.csv"
-                if not path.is_file():
-                    continue
-                sweep = pd.read_csv(path)
-                last = sweep[sweep["depth"] == sweep["depth"].max()].iloc[0]
-                rows.append({"config": config, "fold": fold, "set": test_set, "depth": int(last["depth"]),
-                             "WER": last["WER"], "WER_beam": last.get("WER_beam")})
-            if (folder / "depth_sweep_tts.csv").is_file():
-                depth = int(pd.read_csv(folder / "depth_sweep_tts.csv")["depth"].max())
-                table = wer_by_group(folder, "tts", probe, depth)
-                table.insert(0, "fold", fold)
-                table.insert(0, "config", config)
-                voices.append(table)
-    return pd.DataFrame(rows), (pd.concat(voices, ignore_index=True) if voices else pd.DataFrame())
-
-
 def report(args, probe: Path) -> None:
-    results, voices = collect(args, probe)
     out = Path(args.output)
-    if results.empty:
+    runs = collect_voice_runs(out, args.configs, args.folds, seed=args.seed)
+    if runs.empty:
         print("no finished runs yet")
         return
-    results.to_csv(out / "new_voices.csv", index=False)
-    mean = results.groupby(["config", "set"], as_index=False)[["WER", "WER_beam"]].mean().round(2)
-    mean.insert(1, "fold", "mean")
-    lines = ["# New voices: default teacher vs voices.yaml (full depth)", "",
-             markdown_table(pd.concat([results.drop(columns="depth"), mean], ignore_index=True)), ""]
-    if not voices.empty:
-        voices.to_csv(out / "tts_by_voice.csv", index=False)
-        per_voice = voices.groupby(["config", "group"], as_index=False)[["WER", "WER_beam"]].mean().round(2)
-        lines += ["## TTS probe per voice / kind (mean over folds)", "", markdown_table(per_voice), ""]
-    (out / "new_voices.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    runs.to_csv(out / "new_voices.csv", index=False)
+    groups = collect_probe_groups(out, args.configs, args.folds, probe)
+    if not groups.empty:
+        groups.to_csv(out / "tts_by_voice.csv", index=False)
+    timing = None
+    if (out / "timing.csv").is_file():
+        timing = pd.read_csv(out / "timing.csv", names=["config", "fold", "exit", "wall_s", "cpu_s"])
+        timing = timing[timing["exit"] == 0]
+    text = "# New voices: default FSDD teacher vs hparams/fsdd/voices.yaml\n\n" + voices_markdown(
+        runs, groups, timing=timing)
+    (out / "new_voices.md").write_text(text)
+    print(text)
 
 
 def main(argv=None) -> int:
@@ -110,7 +83,7 @@ def main(argv=None) -> int:
     if not args.aggregate_only:
         for fold in args.folds:
             for config in args.configs:
-                if (run_folder(args, config, fold) / "depth_sweep_tts.csv").is_file():
+                if (run_folder(args.output, config, fold) / "depth_sweep_tts.csv").is_file():
                     continue
                 log = out / config / f"fold{fold}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
