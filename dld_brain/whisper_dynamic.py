@@ -205,3 +205,55 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 
     sem = statistics.stdev(values) / len(values) ** 0.5
     return mean, float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
+
+
+def paired_seed_differences(wer: dict, a: str = "dld", b: str = "rdld", confidence: float = 0.95) -> list[dict]:
+    """Per depth, ``a - b`` WER (points) paired by seed (the recipe appends one value per seed, in seed order):
+    ``depth, seeds, diff, half`` (t half-width, None under 2 seeds) and ``p`` (paired t-test, None likewise)."""
+    if a not in wer or b not in wer:
+        return []
+    rows = []
+    for depth in wer[a]:
+        pairs = list(zip(wer[a][depth], wer[b].get(depth, [])))
+        if not pairs:
+            continue
+        diffs = [x - y for x, y in pairs]
+        mean, half = mean_interval(diffs, confidence)
+        p_value = None
+        if len(diffs) >= 2:
+            from scipy import stats
+
+            p_value = 1.0 if statistics.pstdev(diffs) == 0 else float(stats.ttest_1samp(diffs, 0.0).pvalue)
+        rows.append({"depth": int(depth), "seeds": len(diffs), "diff": mean, "half": half, "p": p_value})
+    return rows
+
+
+def plot_wer_per_depth(wer: dict, path, speedups: Optional[dict] = None, title: str = "") -> None:
+    """WER (%) per encoder depth, one line per method: mean over seeds with 95 % t-interval error bars;
+    ``speedups`` ({depth: end-to-end speed-up}) labels the x ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, per_depth in wer.items():
+        depths = sorted(int(d) for d in per_depth)
+        stats_ = [mean_interval(per_depth[str(d)]) for d in depths]
+        ax.errorbar(depths, [m for m, _ in stats_], yerr=[h or 0.0 for _, h in stats_], marker="o", capsize=3,
+                    label=f"{method} (seeds: {max(len(per_depth[str(d)]) for d in depths)})")
+    depths = sorted({int(d) for per_depth in wer.values() for d in per_depth})
+    ax.set_xticks(depths)
+    if speedups:
+        ax.set_xticklabels([f"{d}\n{speedups[str(d)]:.2f}x" if str(d) in speedups else str(d) for d in depths])
+        ax.set_xlabel("encoder layers kept (end-to-end speed-up vs full depth)")
+    else:
+        ax.set_xlabel("encoder layers kept")
+    ax.set_ylabel("WER (%), mean and 95 % CI over seeds")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "dynamic-depth Whisper")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -231,6 +231,7 @@ def test_whisper_dynamic_recipe_shrunk(tmp_path, monkeypatch):
     assert set(results["slicing"]) == {"30.0", "1.0"}
     text = (out / "results.md").read_text()
     assert "dld WER (%)" in text and "±" in text and "speed-up vs full depth" in text
+    assert "DLD - RDLD per depth, paired by seed" in text and (out / "wer_per_depth.png").stat().st_size > 1000
     with pytest.raises(Exception, match="methods"):
         dynamic.main([str(REPO / "hparams" / "whisper" / "dynamic.yaml"), "--methods=[bogus]"])
 
@@ -248,3 +249,15 @@ def test_whisper_dynamic_librispeech_yaml_resolves(tmp_path):
     assert hp["librispeech_splits"]["test"] in hp["librispeech_prep"]["te_splits"]
     with pytest.raises(Exception, match="LibriSpeech folder not found"):
         dynamic.prepare_splits(dict(hp, data_folder=str(tmp_path / "absent")))
+
+
+def test_whisper_dynamic_paired_seed_differences():
+    from dld_brain.whisper_dynamic import paired_seed_differences
+
+    wer = {"rdld": {"1": [50.0, 60.0, 70.0], "2": [10.0, 30.0, 20.0]},
+           "dld": {"1": [48.0, 57.0, 69.0], "2": [10.0, 30.0, 20.0]}}
+    rows = {r["depth"]: r for r in paired_seed_differences(wer)}
+    assert rows[1]["seeds"] == 3 and rows[1]["diff"] == pytest.approx(-2.0)
+    assert rows[1]["p"] < 0.2 and rows[1]["half"] < 3.0  # paired: the seed-to-seed spread (10 points) cancels
+    assert rows[2]["diff"] == 0 and rows[2]["p"] == 1.0
+    assert paired_seed_differences({"dld": wer["dld"]}) == []

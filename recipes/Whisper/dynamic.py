@@ -44,6 +44,8 @@ from dld_brain.whisper_dynamic import (  # noqa: E402
     latency_per_depth,
     make_dataset,
     mean_interval,
+    paired_seed_differences,
+    plot_wer_per_depth,
 )
 
 
@@ -198,6 +200,11 @@ def main(argv) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     md = report(results, hp, depths, n_layers)
     (out / "results.md").write_text(md)
+    latency = results["latency"].get(str(float(hp["encoder_seconds"] or 30.0)), {})
+    full = latency.get(str(n_layers))
+    plot_wer_per_depth(results["wer"], out / "wer_per_depth.png",
+                       {d: full / t for d, t in latency.items()} if full else None,
+                       f"Whisper {hp['teacher_source']}, {hp['dataset']} fold {hp.get('fold')}")
     print(md)
     return results
 
@@ -223,6 +230,12 @@ def report(results: dict, hp: dict, depths, n_layers: int) -> str:
         rows.append(row)
     parts.append(f"WER per encoder depth (policy {hp['depth_policy']}; mean ± 95 % t half-width over seeds where "
                  "more than one):\n\n" + markdown_table(pd.DataFrame(rows)))
+    diffs = paired_seed_differences(results["wer"])
+    if diffs:
+        rows = [{"depth": r["depth"], "seeds": r["seeds"],
+                 "DLD - RDLD (points)": f"{r['diff']:+.2f}" + (f" ± {r['half']:.2f}" if r["half"] is not None else ""),
+                 "paired t p": "-" if r["p"] is None else f"{r['p']:.3f}"} for r in diffs]
+        parts.append("DLD - RDLD per depth, paired by seed (negative: DLD better):\n\n" + markdown_table(pd.DataFrame(rows)))
     stock = results["latency"].get("30.0", {}).get(str(n_layers))
     for seconds, times in results["latency"].items():
         full = times[str(n_layers)] if str(n_layers) in times else max(times.values())
