@@ -138,6 +138,8 @@ def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str = "voices",
         lines += ["## TTS probe per voice and string kind (WER %, mean [95 % CI] over folds)", "",
                   markdown_table(wide.reset_index()), ""]
     if timing is not None and not timing.empty:
-        cost = timing.groupby("config", as_index=False)[["wall_s", "cpu_s"]].mean().round(0)
-        lines += ["## Training + scoring cost per run (mean over folds)", "", markdown_table(cost), ""]
+        per_run = timing.groupby(["config", "fold"], as_index=False)[["wall_s", "cpu_s"]].sum()  # resumed: summed
+        cost = per_run.groupby("config", as_index=False)[["wall_s", "cpu_s"]].mean().round(0)
+        lines += ["## Training + scoring cost per run (mean over folds; a resumed run's pieces summed)", "",
+                  markdown_table(cost), ""]
     return "\n".join(lines)

@@ -154,9 +154,11 @@ def test_new_voices_train_digits_give_isolated_digits_and_keep_valid_test(tmp_pa
 def test_new_voices_tts_digit_strings_cover_every_length():
     from dld_brain.data.tts_probe import digit_strings
 
-    strings = digit_strings(14, seed=1)
-    assert sorted(len(s) for s in strings) == sorted(list(range(1, 8)) * 2)
-    assert digit_strings(14, seed=1) == strings
+    strings = digit_strings(12, seed=1)
+    assert strings[:10] == [[d] for d in range(10)]  # every digit alone once
+    assert sorted(len(s) for s in strings[10:]) == sorted(list(range(2, 8)) * 2)
+    assert digit_strings(12, seed=1) == strings and digit_strings(12, seed=2)[10:] != strings[10:]
+    assert all(len(s) > 1 for s in digit_strings(6, seed=1, isolated=False))
 
 
 def test_new_voices_tts_probe_writes_a_scorable_manifest(tmp_path):
@@ -165,9 +167,11 @@ def test_new_voices_tts_probe_writes_a_scorable_manifest(tmp_path):
     voices = available_voices()[:1]
     if not voices:
         pytest.skip("no Debian TTS engine installed (espeak-ng, flite, festival)")
-    csv = write_tts_probe(tmp_path / "probe", per_voice=2, voices=voices)
+    csv = write_tts_probe(tmp_path / "probe", per_voice=1, voices=voices)
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["ID", "duration", "wav", "spk_id", "wrd"] and len(table) == 2
+    assert list(table.columns) == ["ID", "duration", "wav", "spk_id", "wrd"] and len(table) == 11
+    assert table["wrd"].head(10).tolist() == ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN",
+                                              "EIGHT", "NINE"]
     import soundfile
 
     for wav in table["wav"]:
@@ -240,6 +244,7 @@ def test_new_voices_report_pairs_configs_over_folds(tmp_path):
     isolated = groups[(groups["group"] == "isolated") & (groups["config"] == "voices")]
     assert sorted(isolated["WER"]) == pytest.approx([0, 0, 50])  # fold 2: ONE ONE for ONE (1 of 2 words)
     text = nv.voices_markdown(runs, groups, timing=pd.DataFrame(
-        {"config": ["voices", "default"], "fold": [0, 0], "wall_s": [10.0, 5.0], "cpu_s": [9.0, 4.0]}))
+        {"config": ["voices", "default", "voices"], "fold": [0, 0, 0], "wall_s": [6.0, 5.0, 4.0],
+         "cpu_s": [5.0, 4.0, 4.0]}))  # voices fold 0 killed after 6 s, resumed for 4 s
     assert "3 leave-one-speaker-out folds" in text and "Paired difference voices - default" in text
     assert "flite:kal" in text and "| voices | 10 | 9 |" in text.replace(".0", "")

@@ -3,12 +3,12 @@
 For evaluation only: never train on it. It checks whether an FSDD digit recogniser carries over to voices
 that are not FSDD's (synthetic voices are a crude stand-in for new speakers and a clean, different channel).
 
-The same seeded digit strings (``min_digits..max_digits`` digits, by default 1-7, so isolated digits are
-included) are spoken by every available voice; each file is resampled to the corpus rate (16 kHz mono,
+Every available voice speaks the ten digits alone (isolated digits, each once) and the same seeded digit
+strings (``min_digits..max_digits`` digits, by default 2-7, each length equally often); each file is resampled to the corpus rate (16 kHz mono,
 16-bit) and listed in a manifest the FSDD recipe can score like its test set
 (``ID, duration, wav, spk_id, wrd``; ``spk_id`` = ``engine:voice``)::
 
-    python -m dld_brain.data.tts_probe --output results/tts_probe --per-voice 14
+    python -m dld_brain.data.tts_probe --output results/tts_probe --per-voice 12
     python recipes/FSDD/train.py hparams/fsdd/teacher.yaml --test_only \\
         --test_csvs="{test: results/fsdd/prepared/test.csv, tts: results/tts_probe/tts.csv}"
     python -m dld_brain.data.tts_probe --score results/fsdd/teacher --manifest results/tts_probe/tts.csv \\
@@ -48,7 +48,7 @@ VOICES: tuple[tuple[str, str], ...] = (
     ("festival", "kal_diphone"),
 )
 ENGINE_BINARIES = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 
 
 def available_voices(voices: Sequence[tuple[str, str]] = VOICES) -> list[tuple[str, str]]:
@@ -71,13 +71,16 @@ def synthesise(engine: str, voice: str, text: str, path: Path) -> None:
         raise DataPrepError(f"{engine} voice {voice} failed on {text!r}: {proc.stderr.strip()[:300]}")
 
 
-def digit_strings(count: int, seed: int = 2468, min_digits: int = 1, max_digits: int = 7) -> list[list[int]]:
-    """``count`` seeded digit strings; lengths cycle through ``min_digits..max_digits`` (so every length,
-    isolated digits included, is equally frequent), digits uniform."""
+def digit_strings(count: int, seed: int = 2468, min_digits: int = 2, max_digits: int = 7,
+                  isolated: bool = True) -> list[list[int]]:
+    """With ``isolated``, the ten digits alone first (0..9, so every digit is probed on its own); then ``count``
+    seeded strings whose lengths cycle through ``min_digits..max_digits`` (each length equally frequent),
+    digits uniform."""
     rng = random.Random(seed)
     lengths = [min_digits + i % (max_digits - min_digits + 1) for i in range(count)]
     rng.shuffle(lengths)
-    return [[rng.randrange(10) for _ in range(n)] for n in lengths]
+    singles = [[d] for d in range(10)] if isolated else []
+    return singles + [[rng.randrange(10) for _ in range(n)] for n in lengths]
 
 
 def _load(path: Path, sample_rate: int) -> torch.Tensor:
@@ -89,11 +92,12 @@ def _load(path: Path, sample_rate: int) -> torch.Tensor:
     return clip * (0.9 / peak) if peak > 0.9 else clip
 
 
-def write_tts_probe(output: str | Path, per_voice: int = 14, seed: int = 2468, sample_rate: int = 16000,
-                    voices: Optional[Sequence[tuple[str, str]]] = None, min_digits: int = 1,
-                    max_digits: int = 7) -> Path:
-    """Synthesise the probe under ``output`` (``wavs/`` and ``tts.csv``) and return the manifest path;
-    skipped when a finished probe with the same options (and voices) is there."""
+def write_tts_probe(output: str | Path, per_voice: int = 12, seed: int = 2468, sample_rate: int = 16000,
+                    voices: Optional[Sequence[tuple[str, str]]] = None, min_digits: int = 2,
+                    max_digits: int = 7, isolated: bool = True) -> Path:
+    """Synthesise the probe under ``output`` (``wavs/`` and ``tts.csv``) and return the manifest path:
+    per voice the ten isolated digits (``isolated``) and ``per_voice`` strings of ``min_digits..max_digits``
+    digits. Skipped when a finished probe with the same options (and voices) is there."""
     output = Path(output)
     voices = available_voices() if voices is None else list(voices)
     if not voices:
@@ -101,7 +105,8 @@ def write_tts_probe(output: str | Path, per_voice: int = 14, seed: int = 2468, s
     csv = output / "tts.csv"
     marker = PrepMarker(output, "tts_probe", dict(version=PROBE_VERSION, per_voice=per_voice, seed=seed,
                                                   sample_rate=sample_rate, voices=[list(v) for v in voices],
-                                                  min_digits=min_digits, max_digits=max_digits))
+                                                  min_digits=min_digits, max_digits=max_digits,
+                                                  isolated=isolated))
     if marker.done([csv]):
         return csv
     marker.path.unlink(missing_ok=True)
@@ -109,7 +114,7 @@ def write_tts_probe(output: str | Path, per_voice: int = 14, seed: int = 2468, s
     if wavs.exists():
         shutil.rmtree(wavs)
     wavs.mkdir(parents=True)
-    strings = digit_strings(per_voice, seed, min_digits, max_digits)
+    strings = digit_strings(per_voice, seed, min_digits, max_digits, isolated)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for engine, voice in voices:
@@ -164,7 +169,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dld_brain.data.tts_probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="results/tts_probe", help="probe folder (wavs/ and tts.csv)")
-    parser.add_argument("--per-voice", type=int, default=14, dest="per_voice")
+    parser.add_argument("--per-voice", type=int, default=12, dest="per_voice",
+                        help="multi-digit strings per voice (the ten isolated digits come on top)")
     parser.add_argument("--seed", type=int, default=2468)
     parser.add_argument("--score", help="a run folder: print WER per voice / kind instead of synthesising")
     parser.add_argument("--manifest", help="with --score: the scored set's manifest")

@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="results/new_voices")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data_folder", default=str(ROOT.parent / "shared" / "data" / "fsdd"))
-    parser.add_argument("--per-voice", type=int, default=14, dest="per_voice", help="probe utterances per voice")
+    parser.add_argument("--per-voice", type=int, default=12, dest="per_voice",
+                        help="probe strings of 2-7 digits per voice (plus the ten isolated digits)")
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: overrides for every train.py run")
     args = parser.parse_args(argv)
