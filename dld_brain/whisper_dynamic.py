@@ -39,6 +39,13 @@ def gated_copy(model, drop_prob: float = 0.0, gate_seed: int = 0, depth_policy: 
     return copied
 
 
+def target_length(tokenizer, texts: Sequence[str], style: str = "digits") -> int:
+    """Mean number of generated tokens (text + end of text) of ``texts`` written in ``style``, rounded."""
+    to_text = TARGET_STYLES[style]
+    lengths = [len(tokenizer.encode(to_text(t), add_special_tokens=False).ids) + 1 for t in texts]
+    return max(1, round(sum(lengths) / max(len(lengths), 1)))
+
+
 def gated_encoder(model) -> GatedWhisperEncoder:
     """The gated encoder of a model built by :func:`gated_copy` (one-line error otherwise)."""
     encoder = model.model.encoder
@@ -174,17 +181,23 @@ def evaluate_depths(model, feats: torch.Tensor, ids: Sequence[str], refs: Sequen
 
 
 def latency_per_depth(model, waveforms: Sequence, decoding: dict, depths: Sequence[int],
-                      seconds: Optional[float], max_new_tokens: int = 24, repeats: int = 3) -> dict[int, float]:
-    """Median end-to-end seconds (log-mel + crop + gated encoder + greedy decoding to end of text) of one
-    batch of ``waveforms`` at each depth; depths are interleaved per repeat (round-robin) after a warm-up."""
+                      seconds: Optional[float], max_new_tokens: int = 24, repeats: int = 3,
+                      fixed_tokens: Optional[int] = None) -> dict[int, float]:
+    """Median end-to-end seconds (log-mel + crop + gated encoder + greedy decoding) of one batch of
+    ``waveforms`` at each depth; depths are interleaved per repeat (round-robin) after a warm-up.
+
+    Decoding runs to end of text (at most ``max_new_tokens``), or exactly ``fixed_tokens`` steps when given:
+    then the time depends on the architecture only, not on how long the model's (possibly wrong) output is,
+    so depths and models compare at the same output length."""
     encoder = gated_encoder(model)
     model.eval()
+    steps, stop = (int(fixed_tokens), False) if fixed_tokens else (int(max_new_tokens), True)
 
     def once(depth):
         start = time.perf_counter()
         with encoder.at_depth(depth), torch.no_grad():
             feats = crop_frames(log_mel(waveforms, model.config.num_mel_bins), seconds).to(encoder.device)
-            greedy_decode(model, encoder(feats).last_hidden_state, decoding, max_new_tokens)
+            greedy_decode(model, encoder(feats).last_hidden_state, decoding, steps, stop_at_eot=stop)
         return time.perf_counter() - start
 
     once(max(depths))
@@ -228,9 +241,10 @@ def paired_seed_differences(wer: dict, a: str = "dld", b: str = "rdld", confiden
     return rows
 
 
-def plot_wer_per_depth(wer: dict, path, speedups: Optional[dict] = None, title: str = "") -> None:
+def plot_wer_per_depth(wer: dict, path, speedups: Optional[dict] = None, title: str = "",
+                       speedup_label: str = "end-to-end speed-up vs full depth") -> None:
     """WER (%) per encoder depth, one line per method: mean over seeds with 95 % t-interval error bars;
-    ``speedups`` ({depth: end-to-end speed-up}) labels the x ticks."""
+    ``speedups`` ({depth: end-to-end speed-up}, described by ``speedup_label``) labels the x ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,7 +260,7 @@ def plot_wer_per_depth(wer: dict, path, speedups: Optional[dict] = None, title: 
     ax.set_xticks(depths)
     if speedups:
         ax.set_xticklabels([f"{d}\n{speedups[str(d)]:.2f}x" if str(d) in speedups else str(d) for d in depths])
-        ax.set_xlabel("encoder layers kept (end-to-end speed-up vs full depth)")
+        ax.set_xlabel(f"encoder layers kept ({speedup_label})")
     else:
         ax.set_xlabel("encoder layers kept")
     ax.set_ylabel("WER (%), mean and 95 % CI over seeds")

@@ -190,8 +190,8 @@ def test_whisper_dynamic_dld_brain_trains_and_kd_uses_teacher(tmp_path):
     assert set(res) == {1, 3} and res[1]["layers"] == [2]
 
 
-def test_whisper_dynamic_recipe_shrunk(tmp_path, monkeypatch):
-    """recipes/Whisper/dynamic.py end to end on a tiny random Whisper folder and 6 fake FSDD utterances."""
+def run_shrunk_recipe(tmp_path, monkeypatch, out, extra):
+    """recipes/Whisper/dynamic.py on a tiny random Whisper folder and 3+3+3 fake FSDD utterances."""
     import numpy as np
     import pandas as pd
     import soundfile as sf
@@ -220,12 +220,20 @@ def test_whisper_dynamic_recipe_shrunk(tmp_path, monkeypatch):
     import dynamic
 
     monkeypatch.setattr(dynamic, "prepare_splits", lambda hp: {s: pd.read_csv(c) for s, c in csvs.items()})
+    return dynamic.main([str(REPO / "hparams" / "whisper" / "dynamic.yaml"), f"--teacher_source={folder}",
+                         f"--output_folder={out}", f"--cache_folder={tmp_path / 'cache'}", "--number_of_epochs=1",
+                         "--batch_size=3", "--max_new_tokens=3", "--bench_utterances=2", "--bench_repeats=1",
+                         "--encoder_seconds=1.0", *extra])
+
+
+def test_whisper_dynamic_recipe_shrunk(tmp_path, monkeypatch):
+    """recipes/Whisper/dynamic.py end to end on a tiny random Whisper folder and 6 fake FSDD utterances."""
+    sys.path.insert(0, str(REPO / "recipes" / "Whisper"))
+    import dynamic
+
     out = tmp_path / "out"
-    results = dynamic.main([str(REPO / "hparams" / "whisper" / "dynamic.yaml"), f"--teacher_source={folder}",
-                            f"--output_folder={out}", f"--cache_folder={tmp_path / 'cache'}", "--number_of_epochs=1",
-                            "--batch_size=3", "--max_new_tokens=3", "--bench_utterances=2", "--bench_repeats=1",
-                            "--encoder_seconds=1.0", "--slicing_check=[30, 1.0]", "--bench_seconds=[1.0]",
-                            "--seeds=[1, 2]"])
+    results = run_shrunk_recipe(tmp_path, monkeypatch, out, ["--slicing_check=[30, 1.0]", "--bench_seconds=[1.0]",
+                                                              "--seeds=[1, 2]"])
     assert set(results["wer"]) == {"static", "rdld", "dld"}
     assert len(results["wer"]["static"]["1"]) == 1 and len(results["wer"]["dld"]["2"]) == 2
     assert set(results["slicing"]) == {"30.0", "1.0"}
@@ -234,6 +242,44 @@ def test_whisper_dynamic_recipe_shrunk(tmp_path, monkeypatch):
     assert "DLD - RDLD per depth, paired by seed" in text and (out / "wer_per_depth.png").stat().st_size > 1000
     with pytest.raises(Exception, match="methods"):
         dynamic.main([str(REPO / "hparams" / "whisper" / "dynamic.yaml"), "--methods=[bogus]"])
+
+
+def test_whisper_dynamic_compressed_decoder(tmp_path, monkeypatch):
+    """student_decoder_layers: the trained students keep only those decoder layers (DLD's KL still from the
+    full teacher), and the latency benchmark times the compressed model next to the full one, at the
+    test targets' mean length."""
+    sys.path.insert(0, str(REPO / "recipes" / "Whisper"))
+    import dynamic
+
+    trained = []
+    train = dynamic.train_method
+    monkeypatch.setattr(dynamic, "train_method", lambda *a, **k: trained.append(train(*a, **k)) or trained[-1])
+    out = tmp_path / "out"
+    results = run_shrunk_recipe(tmp_path, monkeypatch, out, ["--student_decoder_layers=[1]", "--methods=[rdld, dld]",
+                                                              "--seeds=[1]", "--bench_seconds=[30, 1.0]"])
+    assert [m.config.decoder_layers for m in trained] == [1, 1]
+    assert trained[0].config.encoder_layers == 2  # the encoder stays whole (and gated)
+    assert results["decoder_layers"] == [1] and results["bench_tokens"] == 3  # " 1 2" -> 2 tokens + end of text
+    assert set(results["latency_compressed"]) == {"30.0", "1.0"}
+    text = (out / "results.md").read_text()
+    assert "decoder layers [1]" in text and "exactly 3 decoder steps" in text
+    assert "speed-up vs stock (30 s, full depth, full decoder)" in text
+
+
+def test_whisper_dynamic_latency_fixed_tokens(monkeypatch):
+    """With fixed_tokens every depth decodes exactly that many steps (no stop at end of text)."""
+    import dld_brain.whisper_dynamic as wd
+
+    model, _, _ = gated()
+    calls = []
+    monkeypatch.setattr(wd, "log_mel", lambda w, n: torch.zeros(len(w), 8, 3000))
+    monkeypatch.setattr(wd, "crop_frames", lambda f, s: f[..., :FRAMES])
+    monkeypatch.setattr(wd, "greedy_decode", lambda m, enc, dec, steps, stop_at_eot=True: calls.append((steps, stop_at_eot)))
+    times = wd.latency_per_depth(model, [torch.zeros(100)], {}, [1, 3], 1.0, max_new_tokens=9, repeats=2, fixed_tokens=4)
+    assert set(times) == {1, 3} and set(calls) == {(4, False)} and len(calls) == 5
+    calls.clear()
+    wd.latency_per_depth(model, [torch.zeros(100)], {}, [1], 1.0, max_new_tokens=9, repeats=1)
+    assert set(calls) == {(9, True)}
 
 
 def test_whisper_dynamic_librispeech_yaml_resolves(tmp_path):

@@ -34,7 +34,7 @@ from dld_brain.data.text import normalize_transcript  # noqa: E402
 from dld_brain.hparams import load_hparams  # noqa: E402
 from dld_brain.safe_files import UntrustedFileError  # noqa: E402
 from dld_brain.sweep import markdown_table  # noqa: E402
-from dld_brain.whisper import WhisperSetupError, load_whisper, normalize_digits_text  # noqa: E402
+from dld_brain.whisper import WhisperSetupError, load_whisper, make_student, normalize_digits_text  # noqa: E402
 from dld_brain.whisper_dynamic import (  # noqa: E402
     METHODS,
     DynamicWhisperBrain,
@@ -46,6 +46,7 @@ from dld_brain.whisper_dynamic import (  # noqa: E402
     mean_interval,
     paired_seed_differences,
     plot_wer_per_depth,
+    target_length,
 )
 
 
@@ -98,13 +99,22 @@ def check_hparams(hp: dict) -> None:
         raise WhisperSetupError(f"normalizer must be digits or text, got {hp['normalizer']!r}")
     if hp["encoder_seconds"] is not None and not hp["slice_positions"]:
         raise WhisperSetupError("encoder_seconds needs slice_positions: True (stock Whisper only takes 30 s)")
+    tokens = hp["bench_tokens"]
+    if tokens is not None and tokens != "reference" and not (isinstance(tokens, int) and tokens > 0):
+        raise WhisperSetupError(f"bench_tokens must be reference, a positive int or null, got {tokens!r}")
+
+
+def student_base(base, hp: dict):
+    """The model a trained student starts from: ``base``, or a copy keeping ``student_decoder_layers`` only."""
+    layers = hp["student_decoder_layers"]
+    return base if layers is None else make_student(base, decoder_layers=layers)
 
 
 def train_method(method: str, base, teacher, hp: dict, datasets: dict, seed: int, out: Path):
     """A gated copy of ``base`` trained with RDLD (``rdld``) or DLD (``dld``) for ``number_of_epochs``."""
     torch.manual_seed(seed)
-    student = gated_copy(base, drop_prob=float(hp["drop_prob"]), gate_seed=seed, depth_policy=hp["depth_policy"],
-                         slice_positions=hp["slice_positions"])
+    student = gated_copy(student_base(base, hp), drop_prob=float(hp["drop_prob"]), gate_seed=seed,
+                         depth_policy=hp["depth_policy"], slice_positions=hp["slice_positions"])
     for param in student.parameters():
         param.requires_grad_(True)
     student.model.encoder.embed_positions.requires_grad_(False)
@@ -159,7 +169,8 @@ def main(argv) -> dict:
     timings["data + log-mels"] = time.time() - t0
     test_ids, test_refs = list(splits["test"]["ID"]), list(splits["test"]["wrd"])
     results = {"slicing": {}, "wer": {}, "latency": {}, "timings": timings,
-               "n": {k: len(v) for k, v in splits.items()}, "depth_layers": {}}
+               "n": {k: len(v) for k, v in splits.items()}, "depth_layers": {},
+               "decoder_layers": hp["student_decoder_layers"]}
 
     t0 = time.time()
     for seconds in hp["slicing_check"] or []:
@@ -191,20 +202,32 @@ def main(argv) -> dict:
 
     t0 = time.time()
     bench = wavs["test"][: int(hp["bench_utterances"])]
-    for seconds in hp["bench_seconds"]:
-        seconds = None if seconds in (None, 30, 30.0) else float(seconds)
-        times = latency_per_depth(teacher, bench, decoding, depths, seconds, hp["max_new_tokens"], hp["bench_repeats"])
-        results["latency"][str(seconds or 30.0)] = {str(d): t for d, t in times.items()}
+    fixed = target_length(tokenizer, test_refs, hp["target_style"]) if hp["bench_tokens"] == "reference" \
+        else hp["bench_tokens"]
+    results["bench_tokens"] = fixed
+    timed = {"latency": teacher}  # the full decoder; weights do not matter at a fixed output length
+    if hp["student_decoder_layers"] is not None:
+        timed["latency_compressed"] = gated_copy(student_base(base, hp), slice_positions=hp["slice_positions"])
+    for key, model in timed.items():
+        results.setdefault(key, {})
+        for seconds in hp["bench_seconds"]:
+            seconds = None if seconds in (None, 30, 30.0) else float(seconds)
+            times = latency_per_depth(model, bench, decoding, depths, seconds, hp["max_new_tokens"],
+                                      hp["bench_repeats"], fixed_tokens=fixed)
+            results[key][str(seconds or 30.0)] = {str(d): t for d, t in times.items()}
     timings["latency benchmark"] = time.time() - t0
     timings["total"] = time.time() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))
     md = report(results, hp, depths, n_layers)
     (out / "results.md").write_text(md)
-    latency = results["latency"].get(str(float(hp["encoder_seconds"] or 30.0)), {})
-    full = latency.get(str(n_layers))
+    key = "latency_compressed" if "latency_compressed" in results else "latency"
+    latency = results[key].get(str(float(hp["encoder_seconds"] or 30.0)), {})
+    stock = results["latency"].get("30.0", {}).get(str(n_layers))
+    full = stock or latency.get(str(n_layers))
     plot_wer_per_depth(results["wer"], out / "wer_per_depth.png",
                        {d: full / t for d, t in latency.items()} if full else None,
-                       f"Whisper {hp['teacher_source']}, {hp['dataset']} fold {hp.get('fold')}")
+                       f"Whisper {hp['teacher_source']}, {hp['dataset']} fold {hp.get('fold')}",
+                       "end-to-end speed-up vs the stock model" if stock else "end-to-end speed-up vs full depth")
     print(md)
     return results
 
@@ -215,6 +238,7 @@ def report(results: dict, hp: dict, depths, n_layers: int) -> str:
     parts = [f"Teacher `{hp['teacher_source']}`; data `{hp['dataset']}` (fold {hp.get('fold')}): {n['train']} train, "
              f"{n['valid']} valid, {n['test']} test utterances; seeds {list(hp['seeds'])}; "
              f"{hp['number_of_epochs']} epochs, drop_prob {hp['drop_prob']}, kd_weight {hp['kd_weight']}, "
+             f"trained students' decoder layers {hp['student_decoder_layers'] or 'all'}, "
              f"encoder input {hp['encoder_seconds'] or 30} s, torch threads {torch.get_num_threads()}.\n"]
     if results["slicing"]:
         rows = [{"encoder input (s)": k, "full-depth WER (%)": round(v["wer"], 2), "words": v["words"]}
@@ -237,14 +261,22 @@ def report(results: dict, hp: dict, depths, n_layers: int) -> str:
                  "paired t p": "-" if r["p"] is None else f"{r['p']:.3f}"} for r in diffs]
         parts.append("DLD - RDLD per depth, paired by seed (negative: DLD better):\n\n" + markdown_table(pd.DataFrame(rows)))
     stock = results["latency"].get("30.0", {}).get(str(n_layers))
-    for seconds, times in results["latency"].items():
-        full = times[str(n_layers)] if str(n_layers) in times else max(times.values())
-        lat = pd.DataFrame([{"depth": d, "seconds": round(t, 3), "speed-up vs full depth": round(full / t, 2),
-                             **({"speed-up vs stock (30 s, full depth)": round(stock / t, 2)} if stock else {})}
-                            for d, t in times.items()])
-        parts.append(f"End-to-end latency (log-mel + encoder + greedy decoding), {hp['bench_utterances']} utterances "
-                     f"in one batch, encoder input {seconds} s, median of {hp['bench_repeats']}:\n\n"
-                     + markdown_table(lat))
+    steps = results.get("bench_tokens")
+    decoding_note = (f"exactly {steps} decoder steps per utterance" if steps
+                     else f"greedy until end of text (at most {hp['max_new_tokens']} tokens)")
+    models = {"latency": "full decoder"}
+    if "latency_compressed" in results:
+        models["latency_compressed"] = f"decoder layers {results['decoder_layers']}"
+    for key, label in models.items():
+        for seconds, times in results[key].items():
+            full = times[str(n_layers)] if str(n_layers) in times else max(times.values())
+            lat = pd.DataFrame([{"depth": d, "seconds": round(t, 3), "speed-up vs full depth": round(full / t, 2),
+                                 **({"speed-up vs stock (30 s, full depth, full decoder)": round(stock / t, 2)}
+                                    if stock else {})}
+                                for d, t in times.items()])
+            parts.append(f"End-to-end latency, {label} (log-mel + encoder + greedy decoding, {decoding_note}), "
+                         f"{hp['bench_utterances']} utterances in one batch, encoder input {seconds} s, median of "
+                         f"{hp['bench_repeats']}:\n\n" + markdown_table(lat))
     timing = pd.DataFrame([{"stage": k, "seconds": round(v, 1)} for k, v in results["timings"].items()])
     parts.append("Wall time per stage:\n\n" + markdown_table(timing))
     return "\n\n".join(parts) + "\n"
