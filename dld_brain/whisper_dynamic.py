@@ -271,3 +271,29 @@ def plot_wer_per_depth(wer: dict, path, speedups: Optional[dict] = None, title: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(results_json, out_png, latency_json=None, seconds: float = 8.0, title: str = "") -> None:
+    """``wer_per_depth.png`` from a recipe's ``results.json``; x ticks carry the end-to-end speed-up over the
+    stock model (30 s, full depth) from ``latency_json`` (another run's ``results.json``, e.g. a quiet-machine
+    latency run; default: the same file) at ``seconds`` of encoder input."""
+    import json
+    from pathlib import Path
+
+    results = json.loads(Path(results_json).read_text())
+    latency = json.loads(Path(latency_json or results_json).read_text()).get("latency", {})
+    times = latency.get(str(float(seconds)), {})
+    full = max((int(d) for d in latency.get("30.0", {})), default=None)
+    stock = latency["30.0"][str(full)] if full is not None else None
+    speedups = {d: stock / t for d, t in times.items()} if stock and times else None
+    plot_wer_per_depth(results["wer"], out_png, speedups, title,
+                       f"end-to-end speed-up vs the stock model, {seconds:g} s input")
+
+
+if __name__ == "__main__":  # python -m dld_brain.whisper_dynamic RESULTS.json OUT.png [LATENCY.json]
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit("usage: python -m dld_brain.whisper_dynamic RESULTS.json OUT.png [LATENCY_RESULTS.json]")
+    replot(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) == 4 else None,
+           title="Whisper tiny.en, FSDD fold 0 (seeded sample)")

@@ -307,3 +307,19 @@ def test_whisper_dynamic_paired_seed_differences():
     assert rows[1]["p"] < 0.2 and rows[1]["half"] < 3.0  # paired: the seed-to-seed spread (10 points) cancels
     assert rows[2]["diff"] == 0 and rows[2]["p"] == 1.0
     assert paired_seed_differences({"dld": wer["dld"]}) == []
+
+
+def test_whisper_dynamic_replot_with_another_runs_latency(tmp_path, monkeypatch):
+    """replot: WER from one results.json, speed-ups over the stock model from another run's latency."""
+    import dld_brain.whisper_dynamic as wd
+
+    wer = {"rdld": {"1": [50.0, 60.0], "2": [10.0, 12.0]}}
+    (tmp_path / "r.json").write_text(json.dumps({"wer": wer, "latency": {}}))
+    (tmp_path / "l.json").write_text(json.dumps({"latency": {"30.0": {"1": 1.0, "2": 2.0}, "8.0": {"1": 0.25, "2": 0.5}}}))
+    seen = {}
+    monkeypatch.setattr(wd, "plot_wer_per_depth", lambda w, path, speedups, title, label: seen.update(
+        wer=w, speedups=speedups, label=label))
+    wd.replot(tmp_path / "r.json", tmp_path / "p.png", tmp_path / "l.json", seconds=8.0)
+    assert seen["wer"] == wer and seen["speedups"] == {"1": 8.0, "2": 4.0} and "stock" in seen["label"]
+    wd.replot(tmp_path / "r.json", tmp_path / "p.png")  # no latency in the file: no speed-up labels
+    assert seen["speedups"] is None
