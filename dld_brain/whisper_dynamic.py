@@ -236,7 +236,10 @@ def paired_seed_differences(wer: dict, a: str = "dld", b: str = "rdld", confiden
         if len(diffs) >= 2:
             from scipy import stats
 
-            p_value = 1.0 if statistics.pstdev(diffs) == 0 else float(stats.ttest_1samp(diffs, 0.0).pvalue)
+            if statistics.pstdev(diffs) < 1e-9:  # identical differences: t is 0 (no difference) or infinite
+                p_value = 1.0 if abs(mean) < 1e-9 else 0.0
+            else:
+                p_value = float(stats.ttest_1samp(diffs, 0.0).pvalue)
         rows.append({"depth": int(depth), "seeds": len(diffs), "diff": mean, "half": half, "p": p_value})
     return rows
 

@@ -307,6 +307,11 @@ def test_whisper_dynamic_paired_seed_differences():
     assert rows[1]["p"] < 0.2 and rows[1]["half"] < 3.0  # paired: the seed-to-seed spread (10 points) cancels
     assert rows[2]["diff"] == 0 and rows[2]["p"] == 1.0
     assert paired_seed_differences({"dld": wer["dld"]}) == []
+    # the same nonzero difference in every seed (e.g. 5 words each time) is the strongest evidence, not none
+    words = 100 / 311
+    same = paired_seed_differences({"rdld": {"4": [20 * words, 27 * words, 30 * words]},
+                                    "dld": {"4": [25 * words, 32 * words, 35 * words]}})
+    assert same[0]["diff"] == pytest.approx(5 * words) and same[0]["p"] == 0.0
 
 
 def test_whisper_dynamic_replot_with_another_runs_latency(tmp_path, monkeypatch):
