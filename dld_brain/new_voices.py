@@ -108,10 +108,11 @@ def _ci(row, prefix: str = "") -> str:
     return f"{mean:.1f}" if pd.isna(low) else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
 
 
-def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str = "voices", b: str = "default",
-                    timing: Optional[pd.DataFrame] = None) -> str:
-    """The report: WER per set and configuration (mean [95 % CI] over folds), the paired ``a - b`` differences,
-    the probe per voice, and the training cost per configuration when ``timing`` is given."""
+def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str | Sequence[str] = "voices",
+                    b: str = "default", timing: Optional[pd.DataFrame] = None) -> str:
+    """The report: WER per set and configuration (mean [95 % CI] over folds), the paired ``a - b`` differences
+    (one table per configuration in ``a``), the probe per voice, and the training cost per configuration when
+    ``timing`` is given."""
     from dld_brain.sweep import markdown_table
 
     lines = [f"## WER (%) at full depth, mean [95 % CI] over {runs['fold'].nunique()} leave-one-speaker-out folds",
@@ -121,9 +122,11 @@ def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str = "voices",
                           "greedy": [_ci(r) for _, r in summary.iterrows()],
                           "beam + lexicon": [_ci(r, "_beam") for _, r in summary.iterrows()]})
     lines += [markdown_table(table), ""]
-    diffs = config_differences(runs, a, b)
-    if not diffs.empty:
-        lines += [f"## Paired difference {a} - {b} (points; negative: {a} better), t over folds", ""]
+    for config in ([a] if isinstance(a, str) else list(a)):
+        diffs = config_differences(runs, config, b)
+        if diffs.empty:
+            continue
+        lines += [f"## Paired difference {config} - {b} (points; negative: {config} better), t over folds", ""]
         view = pd.DataFrame({"set": diffs["test_set"], "decoding": diffs["metric"].map(
             {"WER": "greedy", "WER_beam": "beam + lexicon"}), "folds": diffs["runs"],
             "diff [95 % CI]": [f"{r.run_diff:+.1f} [{r.run_ci_low:+.1f}, {r.run_ci_high:+.1f}]"

@@ -248,3 +248,49 @@ def test_new_voices_report_pairs_configs_over_folds(tmp_path):
          "cpu_s": [5.0, 4.0, 4.0]}))  # voices fold 0 killed after 6 s, resumed for 4 s
     assert "3 leave-one-speaker-out folds" in text and "Paired difference voices - default" in text
     assert "flite:kal" in text and "| voices | 10 | 9 |" in text.replace(".0", "")
+
+
+def test_new_voices_report_compares_every_config_with_default(tmp_path):
+    """Several configurations: one paired table each against ``default``; a config with no finished run none."""
+    from dld_brain import new_voices as nv
+
+    refs = {"a1": "ONE", "a2": "TWO THREE"}
+    manifest = tmp_path / "tts.csv"
+    pd.DataFrame({"ID": list(refs), "spk_id": ["flite:kal"] * 2, "wrd": list(refs.values()), "wav": "x",
+                  "duration": 1.0}).to_csv(manifest, index=False)
+    hyps = {"default": {"a1": "ONE ONE", "a2": "TWO"}, "digits": {"a1": "ONE", "a2": "TWO THREE"},
+            "voices": {"a1": "NINE", "a2": "TWO"}}
+    for fold in range(2):
+        for config, hyp in hyps.items():
+            _fake_run(nv.run_folder(tmp_path, config, fold), "tts", hyp, refs)
+    runs = nv.collect_voice_runs(tmp_path, ["default", "digits", "voices", "voices30"], [0, 1])
+    text = nv.voices_markdown(runs, pd.DataFrame(), a=["digits", "voices", "voices30"])
+    assert "Paired difference digits - default" in text and "Paired difference voices - default" in text
+    assert "voices30 - default" not in text
+    diffs = nv.config_differences(runs, "digits", "default").set_index("metric")
+    assert diffs.loc["WER", "run_diff"] == pytest.approx(-100 * 2 / 3)  # 2 errors in 3 words, every fold
+
+
+def test_new_voices_runner_gives_each_override_once():
+    """The runner's train.py command: the config's epochs replace the budget's, the user's replace both,
+    and no key appears twice (HyperPyYAML would take a duplicated override as an error or silently)."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(REPO / "recipes" / "FSDD"))
+    try:
+        import run_new_voices as runner
+    finally:
+        sys.path.pop(0)
+    args = argparse.Namespace(output="out", data_folder="data", seed=1, extra=[])
+    keys = lambda argv: [a.split("=", 1)[0] for a in argv[1:]]  # noqa: E731
+    long = runner.run_args(args, "voices30", 0, Path("probe.csv"))
+    assert "--number_of_epochs=30" in long and len(set(keys(long))) == len(keys(long))
+    assert long[0].endswith("voices.yaml")
+    digits = runner.run_args(args, "digits", 1, Path("probe.csv"))
+    assert digits[0].endswith("teacher.yaml") and "--train_digits=[1, 7]" in digits
+    assert "--number_of_epochs=10" in digits
+    args.extra = ["--number_of_epochs=2"]
+    short = runner.run_args(args, "voices30", 0, Path("probe.csv"))
+    assert "--number_of_epochs=2" in short and "--number_of_epochs=30" not in short

@@ -33,16 +33,32 @@ from dld_brain.data.tts_probe import write_tts_probe  # noqa: E402
 from dld_brain.new_voices import collect_probe_groups, collect_voice_runs, run_folder, voices_markdown  # noqa: E402
 
 TRAIN = ROOT / "recipes" / "FSDD" / "train.py"
-CONFIGS = {"default": ROOT / "hparams" / "fsdd" / "teacher.yaml", "voices": ROOT / "hparams" / "fsdd" / "voices.yaml"}
+HP = ROOT / "hparams" / "fsdd"
+#: name -> (hparams file, its overrides). ``default``: the study's teacher; ``digits``: the same trained on 1-7
+#: digit strings (isolated digits included), no other change; ``voices``: hparams/fsdd/voices.yaml (1-7 digits
+#: plus speaker / channel augmentation) at the study's budget; ``voices30``: voices.yaml for 30 epochs.
+CONFIGS = {"default": (HP / "teacher.yaml", []),
+           "digits": (HP / "teacher.yaml", ["--train_digits=[1, 7]"]),
+           "voices": (HP / "voices.yaml", []),
+           "voices30": (HP / "voices.yaml", ["--number_of_epochs=30"])}
 #: The study's teacher budget (recipes/FSDD/run_study.py, docs/study): the README's model (6 layers, d_model 144)
-#: for 10 epochs, scored at full depth only (the teacher is static). About 6 CPU min a run for ``default``.
-BUDGET = ["--number_of_epochs=10", "--sweep_depths=[6]", "--isolated_test=10", "--download=False", "--device=cpu"]
+#: for 10 epochs unless the config says otherwise, scored at full depth only (the teacher is static). About
+#: 6 CPU min a 10-epoch run.
+BUDGET = ["--sweep_depths=[6]", "--isolated_test=10", "--download=False", "--device=cpu"]
+EPOCHS = 10
 
 
 def run_args(args, config: str, fold: int, probe: Path) -> list[str]:
+    """The train.py command line of ``config`` on LOSO fold ``fold``; each key given once (the config's
+    overrides replace the budget's, the user's extra overrides replace both)."""
     root = run_folder(args.output, config, fold).parent
-    return [str(CONFIGS[config]), f"--experiment_root={root}", f"--fold={fold}", "--num_folds=6",
-            f"--data_folder={args.data_folder}", f"--extra_test_csvs={{tts: {probe.resolve()}}}", f"--seed={args.seed}", *BUDGET, *args.extra]
+    hparams, overrides = CONFIGS[config]
+    merged: dict[str, str] = {}
+    for arg in [f"--number_of_epochs={EPOCHS}", *BUDGET, *overrides, *args.extra]:
+        merged[arg.split("=", 1)[0]] = arg
+    return [str(hparams), f"--experiment_root={root}", f"--fold={fold}", "--num_folds=6",
+            f"--data_folder={args.data_folder}", f"--extra_test_csvs={{tts: {probe.resolve()}}}",
+            f"--seed={args.seed}", *merged.values()]
 
 
 def report(args, probe: Path) -> None:
@@ -59,8 +75,9 @@ def report(args, probe: Path) -> None:
     if (out / "timing.csv").is_file():
         timing = pd.read_csv(out / "timing.csv", names=["config", "fold", "exit", "wall_s", "cpu_s"])
         timing = timing[timing["exit"] == 0]
-    text = "# New voices: default FSDD teacher vs hparams/fsdd/voices.yaml\n\n" + voices_markdown(
-        runs, groups, timing=timing)
+    others = [c for c in args.configs if c != "default"]
+    text = f"# New voices: default FSDD teacher vs {', '.join(others)}\n\n" + voices_markdown(
+        runs, groups, a=others, timing=timing)
     (out / "new_voices.md").write_text(text)
     print(text)
 
@@ -68,7 +85,8 @@ def report(args, probe: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1], help="leave-one-speaker-out folds (0-5)")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["default", "voices"],
+                        help="configurations to train and compare with default (CONFIGS)")
     parser.add_argument("--output", default="results/new_voices")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data_folder", default=str(ROOT.parent / "shared" / "data" / "fsdd"))
