@@ -190,7 +190,7 @@ def test_whisper_dynamic_dld_brain_trains_and_kd_uses_teacher(tmp_path):
     assert set(res) == {1, 3} and res[1]["layers"] == [2]
 
 
-def run_shrunk_recipe(tmp_path, monkeypatch, out, extra):
+def run_shrunk_recipe(tmp_path, monkeypatch, out, extra, hparams="dynamic.yaml"):
     """recipes/Whisper/dynamic.py on a tiny random Whisper folder and 3+3+3 fake FSDD utterances."""
     import numpy as np
     import pandas as pd
@@ -220,10 +220,12 @@ def run_shrunk_recipe(tmp_path, monkeypatch, out, extra):
     import dynamic
 
     monkeypatch.setattr(dynamic, "prepare_splits", lambda hp: {s: pd.read_csv(c) for s, c in csvs.items()})
-    return dynamic.main([str(REPO / "hparams" / "whisper" / "dynamic.yaml"), f"--teacher_source={folder}",
-                         f"--output_folder={out}", f"--cache_folder={tmp_path / 'cache'}", "--number_of_epochs=1",
-                         "--batch_size=3", "--max_new_tokens=3", "--bench_utterances=2", "--bench_repeats=1",
-                         "--encoder_seconds=1.0", *extra])
+    args = {}
+    for arg in [f"--teacher_source={folder}", f"--output_folder={out}", f"--cache_folder={tmp_path / 'cache'}",
+                "--number_of_epochs=1", "--batch_size=3", "--max_new_tokens=3", "--bench_utterances=2",
+                "--bench_repeats=1", "--encoder_seconds=1.0", *extra]:
+        args[arg.split("=", 1)[0]] = arg  # extra overrides replace the defaults above
+    return dynamic.main([str(REPO / "hparams" / "whisper" / hparams), *args.values()])
 
 
 def test_whisper_dynamic_recipe_shrunk(tmp_path, monkeypatch):
@@ -328,3 +330,29 @@ def test_whisper_dynamic_replot_with_another_runs_latency(tmp_path, monkeypatch)
     assert seen["wer"] == wer and seen["speedups"] == {"1": 8.0, "2": 4.0} and "stock" in seen["label"]
     wd.replot(tmp_path / "r.json", tmp_path / "p.png")  # no latency in the file: no speed-up labels
     assert seen["speedups"] is None
+
+
+def test_whisper_dynamic_askd_teacher_schedule(tmp_path, monkeypatch):
+    """hparams/whisper/dynamic_askd.yaml: DLD's KL weight follows the cosine teacher schedule (1 at the first
+    step, towards 0 at the end), each seed's DLD run starts the schedule afresh, RDLD has none; self-KD is refused."""
+    sys.path.insert(0, str(REPO / "recipes" / "Whisper"))
+    import dynamic
+
+    from dld_brain.askd import ASKD, WeightSchedule
+
+    out = tmp_path / "out"
+    results = run_shrunk_recipe(tmp_path, monkeypatch, out, ["--number_of_epochs=2", "--n_train=3", "--seeds=[1, 2]",
+                                                              "--bench_seconds=[1.0]", "--slicing_check=null"],
+                                hparams="dynamic_askd.yaml")
+    assert set(results["wer"]) == {"rdld", "dld"}
+    for seed in (1, 2):  # 3 utterances, batch 3: one step per epoch; cosine over 2 steps: 1.0 at step 0, 0.5 at 1
+        log = (out / f"train_log_dld_seed{seed}.txt").read_text().splitlines()
+        assert len(log) == 2 and "w_teacher: 1.00e+00" in log[0] and "w_teacher: 5.00e-01" in log[1]
+    assert "w_teacher" not in (out / "train_log_rdld_seed1.txt").read_text()
+    hp = {"methods": ["dld"], "seeds": [1], "drop_prob": 0.5, "normalizer": "digits", "encoder_seconds": None,
+          "slice_positions": True, "bench_tokens": None,
+          "askd": ASKD(teacher_schedule=WeightSchedule(), self_schedule=WeightSchedule())}
+    with pytest.raises(dynamic.WhisperSetupError, match="askd"):
+        dynamic.check_hparams(hp)
+    hp["askd"] = ASKD(teacher_schedule=WeightSchedule())
+    dynamic.check_hparams(hp)

@@ -14,6 +14,7 @@ set greedily at every encoder depth; time encoder + greedy decoding per depth; w
 ``results.json`` into ``output_folder``.
 """
 
+import copy
 import json
 import sys
 import time
@@ -97,6 +98,10 @@ def check_hparams(hp: dict) -> None:
         raise WhisperSetupError(f"drop_prob must be in [0, 1), got {hp['drop_prob']}")
     if hp["normalizer"] not in ("digits", "text"):
         raise WhisperSetupError(f"normalizer must be digits or text, got {hp['normalizer']!r}")
+    askd = hp.get("askd")
+    if askd is not None and (not hasattr(askd, "uses_self_kd") or askd.uses_self_kd):
+        raise WhisperSetupError("askd: give a dld_brain.askd.ASKD with a teacher_schedule and self_schedule: null "
+                                "(self-distillation is not supported under encoder layer dropping), or null")
     if hp["encoder_seconds"] is not None and not hp["slice_positions"]:
         raise WhisperSetupError("encoder_seconds needs slice_positions: True (stock Whisper only takes 30 s)")
     tokens = hp["bench_tokens"]
@@ -122,7 +127,8 @@ def train_method(method: str, base, teacher, hp: dict, datasets: dict, seed: int
         for param in student.model.decoder.parameters():
             param.requires_grad_(False)
     run = dict(hp, teacher=teacher if method == "dld" else None,
-               kd_weight=float(hp["kd_weight"]) if method == "dld" else 0.0, askd=None,
+               kd_weight=float(hp["kd_weight"]) if method == "dld" else 0.0,
+               askd=copy.deepcopy(hp.get("askd")) if method == "dld" else None,  # fresh step count per run
                prompt_length=len(hp["decoding"]["prompt"]))
     run["epoch_counter"] = sb.utils.epoch_loop.EpochCounter(int(hp["number_of_epochs"]))
     run["train_logger"] = sb.utils.train_logger.FileTrainLogger(str(out / f"train_log_{method}_seed{seed}.txt"))
