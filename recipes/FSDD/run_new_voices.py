@@ -36,9 +36,11 @@ TRAIN = ROOT / "recipes" / "FSDD" / "train.py"
 HP = ROOT / "hparams" / "fsdd"
 #: name -> (hparams file, its overrides). ``default``: the study's teacher; ``digits``: the same trained on 1-7
 #: digit strings (isolated digits included), no other change; ``voices``: hparams/fsdd/voices.yaml (1-7 digits
-#: plus speaker / channel augmentation) at the study's budget; ``voices30``: voices.yaml for 30 epochs.
+#: plus speaker / channel augmentation) at the study's budget; ``digits30`` / ``voices30``: the same for 30 epochs
+#: (``voices30 - digits30`` is the augmentation's effect at a longer budget).
 CONFIGS = {"default": (HP / "teacher.yaml", []),
            "digits": (HP / "teacher.yaml", ["--train_digits=[1, 7]"]),
+           "digits30": (HP / "teacher.yaml", ["--train_digits=[1, 7]", "--number_of_epochs=30"]),
            "voices": (HP / "voices.yaml", []),
            "voices30": (HP / "voices.yaml", ["--number_of_epochs=30"])}
 #: The study's teacher budget (recipes/FSDD/run_study.py, docs/study): the README's model (6 layers, d_model 144)
