@@ -109,10 +109,11 @@ def _ci(row, prefix: str = "") -> str:
 
 
 def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str | Sequence[str] = "voices",
-                    b: str = "default", timing: Optional[pd.DataFrame] = None) -> str:
+                    b: str = "default", timing: Optional[pd.DataFrame] = None,
+                    pairs: Sequence[tuple[str, str]] = ()) -> str:
     """The report: WER per set and configuration (mean [95 % CI] over folds), the paired ``a - b`` differences
-    (one table per configuration in ``a``), the probe per voice, and the training cost per configuration when
-    ``timing`` is given."""
+    (one table per configuration in ``a``, then one per extra ``(x, y)`` of ``pairs``), the probe per voice,
+    and the training cost per configuration when ``timing`` is given."""
     from dld_brain.sweep import markdown_table
 
     lines = [f"## WER (%) at full depth, mean [95 % CI] over {runs['fold'].nunique()} leave-one-speaker-out folds",
@@ -122,7 +123,8 @@ def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str | Sequence[
                           "greedy": [_ci(r) for _, r in summary.iterrows()],
                           "beam + lexicon": [_ci(r, "_beam") for _, r in summary.iterrows()]})
     lines += [markdown_table(table), ""]
-    for config in ([a] if isinstance(a, str) else list(a)):
+    compared = [(config, b) for config in ([a] if isinstance(a, str) else list(a))] + list(pairs)
+    for config, b in compared:
         diffs = config_differences(runs, config, b)
         if diffs.empty:
             continue

@@ -264,9 +264,9 @@ def test_new_voices_report_compares_every_config_with_default(tmp_path):
         for config, hyp in hyps.items():
             _fake_run(nv.run_folder(tmp_path, config, fold), "tts", hyp, refs)
     runs = nv.collect_voice_runs(tmp_path, ["default", "digits", "voices", "voices30"], [0, 1])
-    text = nv.voices_markdown(runs, pd.DataFrame(), a=["digits", "voices", "voices30"])
+    text = nv.voices_markdown(runs, pd.DataFrame(), a=["digits", "voices", "voices30"], pairs=[("voices", "digits")])
     assert "Paired difference digits - default" in text and "Paired difference voices - default" in text
-    assert "voices30 - default" not in text
+    assert "voices30 - default" not in text and "Paired difference voices - digits" in text
     diffs = nv.config_differences(runs, "digits", "default").set_index("metric")
     assert diffs.loc["WER", "run_diff"] == pytest.approx(-100 * 2 / 3)  # 2 errors in 3 words, every fold
 

@@ -78,8 +78,11 @@ def report(args, probe: Path) -> None:
         timing = pd.read_csv(out / "timing.csv", names=["config", "fold", "exit", "wall_s", "cpu_s"])
         timing = timing[timing["exit"] == 0]
     others = [c for c in args.configs if c != "default"]
+    # the augmentation's own effect: voices.yaml against the same 1-7 digit data without it, at equal epochs
+    pairs = [(v, d) for v, d in (("voices", "digits"), ("voices30", "digits30"))
+             if v in args.configs and d in args.configs]
     text = f"# New voices: default FSDD teacher vs {', '.join(others)}\n\n" + voices_markdown(
-        runs, groups, a=others, timing=timing)
+        runs, groups, a=others, timing=timing, pairs=pairs)
     (out / "new_voices.md").write_text(text)
     print(text)
 
