@@ -294,3 +294,20 @@ def test_new_voices_runner_gives_each_override_once():
     args.extra = ["--number_of_epochs=2"]
     short = runner.run_args(args, "voices30", 0, Path("probe.csv"))
     assert "--number_of_epochs=2" in short and "--number_of_epochs=30" not in short
+
+
+def test_new_voices_mild_yaml_is_the_milder_channel_augmentation(tmp_path):
+    """voices_mild.yaml loads on top of voices.yaml: fewer, gentler channel effects, no clipping, same data."""
+    from speechbrain.augment.time_domain import DoClip
+
+    from dld_brain.hparams import load_hparams
+
+    paths = {"experiment_root": str(tmp_path), "data_folder": str(tmp_path)}
+    strong, mild = load_hparams(HP / "voices.yaml", paths), load_hparams(HP / "voices_mild.yaml", paths)
+    assert mild["train_digits"] == strong["train_digits"] == [1, 7]
+    a, b = strong["channel_augment"], mild["channel_augment"]
+    assert b.augment_prob < a.augment_prob and b.max_augmentations < a.max_augmentations
+    assert any(isinstance(x, DoClip) for x in a.augmentations.values())
+    assert not any(isinstance(x, DoClip) for x in b.augmentations.values())
+    assert mild["channel_noise"].snr_low > strong["channel_noise"].snr_low
+    assert mild["wav_augment"][1] is b  # the wave pipeline uses the redefined augmenter

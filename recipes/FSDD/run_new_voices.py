@@ -37,12 +37,14 @@ HP = ROOT / "hparams" / "fsdd"
 #: name -> (hparams file, its overrides). ``default``: the study's teacher; ``digits``: the same trained on 1-7
 #: digit strings (isolated digits included), no other change; ``voices``: hparams/fsdd/voices.yaml (1-7 digits
 #: plus speaker / channel augmentation) at the study's budget; ``digits30`` / ``voices30``: the same for 30 epochs
-#: (``voices30 - digits30`` is the augmentation's effect at a longer budget).
+#: (``voices30 - digits30`` is the augmentation's effect at a longer budget); ``mild30``: voices_mild.yaml
+#: (half the batches, at most 2 effects, no clipping, milder noise and speeds) for 30 epochs.
 CONFIGS = {"default": (HP / "teacher.yaml", []),
            "digits": (HP / "teacher.yaml", ["--train_digits=[1, 7]"]),
            "digits30": (HP / "teacher.yaml", ["--train_digits=[1, 7]", "--number_of_epochs=30"]),
            "voices": (HP / "voices.yaml", []),
-           "voices30": (HP / "voices.yaml", ["--number_of_epochs=30"])}
+           "voices30": (HP / "voices.yaml", ["--number_of_epochs=30"]),
+           "mild30": (HP / "voices_mild.yaml", ["--number_of_epochs=30"])}
 #: The study's teacher budget (recipes/FSDD/run_study.py, docs/study): the README's model (6 layers, d_model 144)
 #: for 10 epochs unless the config says otherwise, scored at full depth only (the teacher is static). About
 #: 6 CPU min a 10-epoch run.
@@ -79,7 +81,7 @@ def report(args, probe: Path) -> None:
         timing = timing[timing["exit"] == 0]
     others = [c for c in args.configs if c != "default"]
     # the augmentation's own effect: voices.yaml against the same 1-7 digit data without it, at equal epochs
-    pairs = [(v, d) for v, d in (("voices", "digits"), ("voices30", "digits30"))
+    pairs = [(v, d) for v, d in (("voices", "digits"), ("voices30", "digits30"), ("mild30", "digits30"))
              if v in args.configs and d in args.configs]
     text = f"# New voices: default FSDD teacher vs {', '.join(others)}\n\n" + voices_markdown(
         runs, groups, a=others, timing=timing, pairs=pairs)
