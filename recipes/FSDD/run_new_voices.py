@@ -36,10 +36,11 @@ TRAIN = ROOT / "recipes" / "FSDD" / "train.py"
 HP = ROOT / "hparams" / "fsdd"
 #: name -> (hparams file, its overrides). ``default``: the study's teacher; ``digits``: the same trained on 1-7
 #: digit strings (isolated digits included), no other change; ``voices``: hparams/fsdd/voices.yaml (1-7 digits
-#: plus speaker / channel augmentation) at the study's budget; ``digits30`` / ``voices30``: the same for 30 epochs
-#: (``voices30 - digits30`` is the augmentation's effect at a longer budget); ``mild30``: voices_mild.yaml
-#: (half the batches, at most 2 effects, no clipping, milder noise and speeds) for 30 epochs.
+#: plus speaker / channel augmentation); ``mild30``: voices_mild.yaml (half the batches, at most 2 effects, no
+#: clipping, milder noise and speeds). ``...30``: 30 epochs instead of 10. Pairs at equal epochs isolate one
+#: change each: ``digits30 - default30`` the 1-7 digit strings, ``voices30 / mild30 - digits30`` the augmentation.
 CONFIGS = {"default": (HP / "teacher.yaml", []),
+           "default30": (HP / "teacher.yaml", ["--number_of_epochs=30"]),
            "digits": (HP / "teacher.yaml", ["--train_digits=[1, 7]"]),
            "digits30": (HP / "teacher.yaml", ["--train_digits=[1, 7]", "--number_of_epochs=30"]),
            "voices": (HP / "voices.yaml", []),
@@ -80,9 +81,9 @@ def report(args, probe: Path) -> None:
         timing = pd.read_csv(out / "timing.csv", names=["config", "fold", "exit", "wall_s", "cpu_s"])
         timing = timing[timing["exit"] == 0]
     others = [c for c in args.configs if c != "default"]
-    # the augmentation's own effect: voices.yaml against the same 1-7 digit data without it, at equal epochs
-    pairs = [(v, d) for v, d in (("voices", "digits"), ("voices30", "digits30"), ("mild30", "digits30"))
-             if v in args.configs and d in args.configs]
+    # one change at a time at equal epochs: the augmentation (voices vs digits), the 1-7 digit strings
+    pairs = [(v, d) for v, d in (("voices", "digits"), ("voices30", "digits30"), ("mild30", "digits30"),
+                                 ("digits30", "default30")) if v in args.configs and d in args.configs]
     text = f"# New voices: default FSDD teacher vs {', '.join(others)}\n\n" + voices_markdown(
         runs, groups, a=others, timing=timing, pairs=pairs)
     (out / "new_voices.md").write_text(text)
