@@ -17,6 +17,8 @@ from dld_brain.data.tts_probe import wer_by_group
 from dld_brain.study import depth_summary, run_level_differences, t_interval
 
 SETS = ("test", "test_isolated", "tts")
+#: the columns of the runner's timing.csv (no header: one line appended per finished process)
+TIMING_COLUMNS = ["config", "fold", "exit", "wall_s", "cpu_s"]
 
 
 def run_folder(output: str | Path, config: str, fold: int, method: str = "teacher") -> Path:
@@ -60,6 +62,51 @@ def collect_probe_groups(output: str | Path, configs: Sequence[str], folds: Sequ
             table = wer_by_group(folder, test_set, manifest, int(pd.read_csv(sweep)["depth"].max()))
             tables.append(table.assign(config=config, fold=int(fold)))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _prefer_fresh(fresh: pd.DataFrame, committed: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """``fresh`` plus the rows of ``committed`` whose ``keys`` (a run's identity) ``fresh`` does not hold."""
+    if committed.empty:
+        return fresh
+    if fresh.empty:
+        return committed.reset_index(drop=True)
+    seen = set(map(tuple, fresh[list(keys)].itertuples(index=False)))
+    kept = committed[[tuple(r) not in seen for r in committed[list(keys)].itertuples(index=False)]]
+    return pd.concat([fresh, kept], ignore_index=True)
+
+
+def merge_committed(folder: str | Path, runs: pd.DataFrame, groups: pd.DataFrame,
+                    timing: Optional[pd.DataFrame], configs: Sequence[str], folds: Sequence[int]):
+    """Add the finished runs of an earlier report (``folder``: its ``new_voices.csv``, ``tts_by_voice.csv``,
+    ``timing.csv``, e.g. one committed under docs/) to this machine's, restricted to ``configs`` x ``folds``;
+    a run present in both is taken from this machine. This is how a study run in pieces, on other days or
+    machines, is re-aggregated without its checkpoints. Returns ``(runs, groups, timing)``."""
+    folder = Path(folder)
+    path = folder / "new_voices.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no report to include (give a folder written by run_new_voices.py)")
+
+    def ours(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+        return frame[frame[column].isin(list(configs)) & frame["fold"].isin([int(f) for f in folds])]
+
+    old_runs = ours(pd.read_csv(path), "method")
+    runs = _prefer_fresh(runs, old_runs, ["method", "test_set", "fold", "seed"])
+    if (folder / "tts_by_voice.csv").is_file():
+        old_groups = ours(pd.read_csv(folder / "tts_by_voice.csv"), "config")
+        fresh_runs = set() if groups.empty else set(map(tuple, groups[["config", "fold"]].itertuples(index=False)))
+        old_groups = old_groups[[tuple(r) not in fresh_runs for r in old_groups[["config", "fold"]].itertuples(
+            index=False)]]
+        groups = pd.concat([groups, old_groups], ignore_index=True) if not groups.empty else old_groups
+    if (folder / "timing.csv").is_file():
+        old_timing = pd.read_csv(folder / "timing.csv", names=TIMING_COLUMNS)
+        old_timing = ours(old_timing[old_timing["exit"] == 0], "config")
+        fresh_runs = set() if timing is None or timing.empty else set(
+            map(tuple, timing[["config", "fold"]].itertuples(index=False)))
+        old_timing = old_timing[[tuple(r) not in fresh_runs for r in old_timing[["config", "fold"]].itertuples(
+            index=False)]]
+        timing = old_timing if timing is None or timing.empty else pd.concat([timing, old_timing],
+                                                                              ignore_index=True)
+    return runs.sort_values(["method", "test_set", "fold"], kind="stable").reset_index(drop=True), groups, timing
 
 
 def config_summary(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:

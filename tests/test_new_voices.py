@@ -311,3 +311,38 @@ def test_new_voices_mild_yaml_is_the_milder_channel_augmentation(tmp_path):
     assert not any(isinstance(x, DoClip) for x in b.augmentations.values())
     assert mild["channel_noise"].snr_low > strong["channel_noise"].snr_low
     assert mild["wav_augment"][1] is b  # the wave pipeline uses the redefined augmenter
+
+
+def test_new_voices_include_joins_a_committed_report(tmp_path):
+    """A study run in pieces: folds trained here join the folds of a committed report (CSV only, no
+    checkpoints); a run in both is taken from here, other configs / folds of the report are left out."""
+    from dld_brain import new_voices as nv
+
+    refs = {"a1": "ONE", "a2": "TWO THREE"}
+    manifest = tmp_path / "tts.csv"
+    pd.DataFrame({"ID": list(refs), "spk_id": ["flite:kal"] * 2, "wrd": list(refs.values()), "wav": "x",
+                  "duration": 1.0}).to_csv(manifest, index=False)
+    here = tmp_path / "here"
+    for fold in (1, 2):  # fresh: fold 1 also in the report, fold 2 only here
+        _fake_run(nv.run_folder(here, "a", fold), "tts", {"a1": "ONE", "a2": "TWO THREE"}, refs)
+    old = tmp_path / "old"
+    old.mkdir()
+    pd.DataFrame([{"method": m, "test_set": "tts", "fold": f, "seed": 1, "depth": 6, "WER": w, "WER_beam": w,
+                   "encoder_params": 100} for m, f, w in [("a", 0, 30.0), ("a", 1, 99.0), ("b", 0, 50.0),
+                                                          ("a", 5, 10.0)]]).to_csv(old / "new_voices.csv",
+                                                                                   index=False)
+    pd.DataFrame([{"group": "all", "utterances": 2, "words": 3, "WER": 99.0, "WER_beam": 99.0, "config": "a",
+                   "fold": f} for f in (0, 1)]).to_csv(old / "tts_by_voice.csv", index=False)
+    (old / "timing.csv").write_text("a,0,0,100.0,90.0\na,1,0,500.0,400.0\na,0,1,7.0,7.0\n")
+    runs = nv.collect_voice_runs(here, ["a"], [0, 1, 2])
+    groups = nv.collect_probe_groups(here, ["a"], [0, 1, 2], manifest)
+    timing = pd.DataFrame({"config": ["a", "a"], "fold": [1, 2], "exit": [0, 0], "wall_s": [10.0, 20.0],
+                           "cpu_s": [9.0, 19.0]})
+    runs, groups, timing = nv.merge_committed(old, runs, groups, timing, ["a"], [0, 1, 2])
+    assert sorted(runs["fold"]) == [0, 1, 2] and set(runs["method"]) == {"a"}
+    assert runs.set_index("fold").loc[1, "WER"] == 0.0 and runs.set_index("fold").loc[0, "WER"] == 30.0
+    all_rows = groups[groups["group"] == "all"].set_index("fold")
+    assert sorted(all_rows.index) == [0, 1, 2] and all_rows.loc[1, "WER"] == 0.0
+    assert sorted(zip(timing["fold"], timing["wall_s"])) == [(0, 100.0), (1, 10.0), (2, 20.0)]
+    with pytest.raises(FileNotFoundError, match="no report to include"):
+        nv.merge_committed(tmp_path / "missing", runs, groups, timing, ["a"], [0])

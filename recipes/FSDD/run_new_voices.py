@@ -7,6 +7,8 @@ Usage:
   python recipes/FSDD/run_new_voices.py --folds 0 1 --output results/new_voices
   python recipes/FSDD/run_new_voices.py --folds 0 1 --output results/new_voices --aggregate-only
   python recipes/FSDD/run_new_voices.py ... -- --number_of_epochs=2      # extra train.py overrides
+  python recipes/FSDD/run_new_voices.py --folds 0 1 2 3 4 5 --configs default30 digits30 --aggregate-only \
+      --include docs/new_voices/epochs30     # folds 3-5 trained here, 0-2 taken from the committed report
 
 Each run is one ``recipes/FSDD/train.py`` process (log: <output>/<config>/fold<k>.log) with
 ``--fold=k --num_folds=6`` (4 train / 1 valid / 1 test speakers) and the budget in BUDGET; a finished run
@@ -30,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from dld_brain.data.tts_probe import write_tts_probe  # noqa: E402
-from dld_brain.new_voices import collect_probe_groups, collect_voice_runs, run_folder, voices_markdown  # noqa: E402
+from dld_brain.new_voices import (TIMING_COLUMNS, collect_probe_groups, collect_voice_runs,  # noqa: E402
+                                  merge_committed, run_folder, voices_markdown)
 
 TRAIN = ROOT / "recipes" / "FSDD" / "train.py"
 HP = ROOT / "hparams" / "fsdd"
@@ -69,17 +72,21 @@ def run_args(args, config: str, fold: int, probe: Path) -> list[str]:
 def report(args, probe: Path) -> None:
     out = Path(args.output)
     runs = collect_voice_runs(out, args.configs, args.folds, seed=args.seed)
+    groups = collect_probe_groups(out, args.configs, args.folds, probe)
+    timing = None
+    if (out / "timing.csv").is_file():
+        timing = pd.read_csv(out / "timing.csv", names=TIMING_COLUMNS)
+        timing = timing[timing["exit"] == 0]
+    for folder in args.include:  # earlier pieces of the same study, e.g. committed under docs/
+        runs, groups, timing = merge_committed(folder, runs, groups, timing, args.configs, args.folds)
     if runs.empty:
         print("no finished runs yet")
         return
     runs.to_csv(out / "new_voices.csv", index=False)
-    groups = collect_probe_groups(out, args.configs, args.folds, probe)
     if not groups.empty:
         groups.to_csv(out / "tts_by_voice.csv", index=False)
-    timing = None
-    if (out / "timing.csv").is_file():
-        timing = pd.read_csv(out / "timing.csv", names=["config", "fold", "exit", "wall_s", "cpu_s"])
-        timing = timing[timing["exit"] == 0]
+    if timing is not None and not timing.empty and args.include:
+        timing.to_csv(out / "timing_all.csv", index=False)
     others = [c for c in args.configs if c != "default"]
     # one change at a time at equal epochs: the augmentation (voices vs digits), the 1-7 digit strings
     pairs = [(v, d) for v, d in (("voices", "digits"), ("voices30", "digits30"), ("mild30", "digits30"),
@@ -101,6 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument("--per-voice", type=int, default=12, dest="per_voice",
                         help="probe strings of 2-7 digits per voice (plus the ten isolated digits)")
     parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--include", nargs="+", default=[], metavar="DIR",
+                        help="folders of earlier reports (new_voices.csv, tts_by_voice.csv, timing.csv, e.g. "
+                             "docs/new_voices/epochs30) whose runs join this one's; a run in both is taken from here")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: overrides for every train.py run")
     args = parser.parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
