@@ -159,8 +159,14 @@ def run_methods(train_script: str | Path, hparams_dir: str | Path, methods: Sequ
 
 
 def compare(experiment_root: str | Path, methods: Sequence[str], name: str = "comparison",
-            metric: str = "WER") -> Path:
-    """Write ``<name>.md/.csv/_<set>.png`` of ``metric`` from the methods' ``depth_sweep_test.csv``; returns
-    the .md path."""
-    sweeps = [Path(experiment_root) / m / "depth_sweep_test.csv" for m in methods]
+            metric: str = "WER", extra_sets: Sequence[str] = ()) -> Path:
+    """Write ``<name>.md/.csv/_<set>.png`` of ``metric`` from the methods' ``depth_sweep_test.csv``, plus the
+    ``depth_sweep_<set>.csv`` of each of ``extra_sets`` that every method has (e.g. FSDD's ``test_isolated``);
+    returns the .md path."""
+    root = Path(experiment_root)
+    sweeps = [root / m / "depth_sweep_test.csv" for m in methods]
+    for test_set in extra_sets:
+        found = [root / m / f"depth_sweep_{test_set}.csv" for m in methods]
+        if all(path.is_file() for path in found):
+            sweeps += found
     return write_comparison(sweeps, experiment_root, name=name, metric=metric)

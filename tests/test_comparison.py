@@ -55,3 +55,25 @@ def test_finished_runs_are_reused_and_failures_name_the_method(fake):
     assert again["rd"] == 0.0 and again["dld"] > 0
     with pytest.raises(SystemExit, match="broken failed"):
         run_methods(script, hp, ["broken"], str(root))
+
+
+def test_comparison_table_adds_isolated_digits_when_every_method_has_them(tmp_path):
+    """The FSDD main job scores isolated digits too (base.yaml isolated_test): the comparison table shows that
+    set beside ``test`` when every method has its sweep, and leaves it out otherwise."""
+    import pandas as pd
+
+    from dld_brain.comparison import compare
+
+    for method, wer in (("teacher", 10.0), ("dld", 20.0)):
+        for test_set, shift in (("test", 0.0), ("test_isolated", 5.0)):
+            (tmp_path / method).mkdir(exist_ok=True)
+            pd.DataFrame({"method": method, "test_set": test_set, "depth": [3, 6], "WER": [wer + shift + 1, wer + shift],
+                          "WER_beam": [wer, wer], "encoder_params": [50, 100]}).to_csv(
+                tmp_path / method / f"depth_sweep_{test_set}.csv", index=False)
+    table = pd.read_csv(compare(tmp_path, ["teacher", "dld"], extra_sets=["test_isolated"]).with_suffix(".csv"))
+    isolated = table[table["test_set"] == "test_isolated"].set_index("depth")
+    assert list(isolated.index) == [3, 6] and isolated.loc[6, "dld"] == 25.0 and isolated.loc[3, "teacher"] == 16.0
+    assert (tmp_path / "comparison_test_isolated.png").is_file()
+    (tmp_path / "dld" / "depth_sweep_test_isolated.csv").unlink()
+    table = pd.read_csv(compare(tmp_path, ["teacher", "dld"], extra_sets=["test_isolated"]).with_suffix(".csv"))
+    assert set(table["test_set"]) == {"test"}

@@ -291,6 +291,13 @@ def test_new_voices_runner_gives_each_override_once():
     digits = runner.run_args(args, "digits", 1, Path("probe.csv"))
     assert digits[0].endswith("teacher.yaml") and "--train_digits=[1, 7]" in digits
     assert "--number_of_epochs=10" in digits
+    import speechbrain as sb
+
+    from dld_brain.hparams import load_hparams
+
+    for config, digits in (("default", None), ("default30", None), ("digits30", [1, 7])):
+        argv = runner.run_args(args, config, 0, Path("probe.csv"))  # default*: 3-7 digits, base.yaml's old data
+        assert load_hparams(*sb.parse_arguments(argv)[::2])["train_digits"] == digits, config
     args.extra = ["--number_of_epochs=2"]
     short = runner.run_args(args, "voices30", 0, Path("probe.csv"))
     assert "--number_of_epochs=2" in short and "--number_of_epochs=30" not in short

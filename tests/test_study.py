@@ -347,6 +347,33 @@ def test_study_variants_run_as_their_base_method(tmp_path):
     assert study.study_pairs(["dld_p03", "rdld"]) == []  # its RDLD at p=0.3 is missing
 
 
+def test_study_keeps_its_committed_data_when_the_default_changes():
+    """hparams/fsdd/base.yaml scores isolated digits since 2026-12-06 and may change its training strings; the
+    study's runs stay on the 3-7 strings and no isolated test of its committed results, and its configuration
+    still matches the committed study.json, so a later session can add seed 3 and re-aggregate."""
+    import importlib.util
+    import json
+
+    import speechbrain as sb
+
+    from dld_brain.hparams import load_hparams
+
+    spec = importlib.util.spec_from_file_location("fsdd_run_study_pins", RUN_STUDY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    default = load_hparams(*sb.parse_arguments([str(module.HPARAMS / "teacher.yaml")])[::2])
+    assert default["isolated_test"] > 0  # the main job scores the test speakers' isolated digits
+    args = module.parse_args(["--folds", "3", "--output", "unused"])
+    for method, hp in (("teacher", "teacher"), ("rdsc", "rdsc"), ("dld", "dld"), ("dld_kd2", "dld")):
+        argv = module.run_overrides(args, study.Run(0, 1, method))
+        hparams = load_hparams(*sb.parse_arguments([str(module.HPARAMS / f"{hp}.yaml"), *argv])[::2])
+        assert hparams["train_digits"] is None and not hparams["isolated_test"], method
+    wavlm = load_hparams(*sb.parse_arguments([str(REPO / "hparams" / "fsdd_wavlm" / "teacher.yaml")])[::2])
+    assert wavlm["train_digits"] is None and not wavlm["isolated_test"]  # the README's WavLM table's data
+    for folder in ("study", "study_variants"):
+        assert json.loads((REPO / "docs" / folder / "study.json").read_text()) == module.config(args)
+
+
 def test_study_plan_remakes_exported_teachers_for_variants(tmp_path):
     """Runs committed under the export are not retrained, but a variant needs its teacher's checkpoint:
     an exported teacher is re-made in the output, and same_sweep says whether it reproduced the export."""

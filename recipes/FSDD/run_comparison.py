@@ -42,7 +42,7 @@ def main() -> None:
     extra = [a for a in args.extra if a != "--"]
     start = time.time()
     run_methods(ROOT / "recipes" / "FSDD" / "train.py", args.hparams_dir, args.methods, args.experiment_root, extra)
-    md = compare(args.experiment_root, args.methods)
+    md = compare(args.experiment_root, args.methods, extra_sets=["test_isolated"])  # isolated_test > 0
     print(f"\n=== done in {time.time() - start:.0f} s ===\n")
     print(md.read_text())
     print(f"table: {md}\nplot:  {Path(args.experiment_root) / 'comparison_test.png'}")

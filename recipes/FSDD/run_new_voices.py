@@ -42,8 +42,8 @@ HP = ROOT / "hparams" / "fsdd"
 #: plus speaker / channel augmentation); ``mild30``: voices_mild.yaml (half the batches, at most 2 effects, no
 #: clipping, milder noise and speeds). ``...30``: 30 epochs instead of 10. Pairs at equal epochs isolate one
 #: change each: ``digits30 - default30`` the 1-7 digit strings, ``voices30 / mild30 - digits30`` the augmentation.
-CONFIGS = {"default": (HP / "teacher.yaml", []),
-           "default30": (HP / "teacher.yaml", ["--number_of_epochs=30"]),
+CONFIGS = {"default": (HP / "teacher.yaml", ["--train_digits=null"]),  # 3-7 digit strings, whatever base.yaml says
+           "default30": (HP / "teacher.yaml", ["--train_digits=null", "--number_of_epochs=30"]),
            "digits": (HP / "teacher.yaml", ["--train_digits=[1, 7]"]),
            "digits30": (HP / "teacher.yaml", ["--train_digits=[1, 7]", "--number_of_epochs=30"]),
            "voices": (HP / "voices.yaml", []),

@@ -37,7 +37,7 @@ HPARAMS = ROOT / "hparams" / "fsdd"
 #: The study's training budget (see docs/study/README.md for the measurement behind it): the README's model
 #: (6 layers, d_model 144) with fewer epochs, so 36 runs fit about 2 hours of 2 CPU cores.
 STUDY_OVERRIDES = {
-    "all": [],
+    "all": ["--train_digits=null", "--isolated_test=0"],  # 3-7 digit strings: the committed study's data
     "teacher": ["--number_of_epochs=10"],
     "rdsc": ["--number_of_epochs=15"],
     "rdld": ["--number_of_epochs=6"],
