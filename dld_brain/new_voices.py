@@ -2,12 +2,14 @@
 folds, the held-out speaker's isolated digits and a TTS probe; means with t-intervals over folds and paired
 differences between configurations (``recipes/FSDD/run_new_voices.py`` wires it, docs/new_voices.md reports it).
 
-A run folder is ``<output>/<config>/fold<k>/teacher`` holding ``depth_sweep_<set>.csv`` (and its
-``wer_<set>_n<depth>*.txt``), as ``recipes/FSDD/train.py`` writes it.
+A run folder is ``<output>/<config>/fold<k>/teacher`` (seed 1) or ``<output>/<config>/fold<k>/seed<s>/teacher``
+(seed s > 1) holding ``depth_sweep_<set>.csv`` (and its ``wer_<set>_n<depth>*.txt``), as ``recipes/FSDD/train.py``
+writes it. Statistics are over the (fold, seed) runs, paired by (fold, seed).
 """
 
 from __future__ import annotations
 
+from itertools import product
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,50 +19,66 @@ from dld_brain.data.tts_probe import wer_by_group
 from dld_brain.study import depth_summary, run_level_differences, t_interval
 
 SETS = ("test", "test_isolated", "tts")
-#: the columns of the runner's timing.csv (no header: one line appended per finished process)
-TIMING_COLUMNS = ["config", "fold", "exit", "wall_s", "cpu_s"]
+#: the columns of the runner's timing.csv (no header: one line appended per finished process; lines written
+#: before seeds were added have no ``seed`` field and are seed 1)
+TIMING_COLUMNS = ["config", "fold", "exit", "wall_s", "cpu_s", "seed"]
 
 
-def run_folder(output: str | Path, config: str, fold: int, method: str = "teacher") -> Path:
-    """Where ``recipes/FSDD/train.py`` writes the run of ``config`` on LOSO fold ``fold``."""
-    return Path(output) / config / f"fold{fold}" / method
+def run_folder(output: str | Path, config: str, fold: int, method: str = "teacher", seed: int = 1) -> Path:
+    """Where ``recipes/FSDD/train.py`` writes the run of ``config`` on LOSO fold ``fold`` with ``seed``; seed 1
+    keeps the layout of the runs made before seeds were added, so they still resume and aggregate."""
+    fold_dir = Path(output) / config / f"fold{fold}"
+    return (fold_dir if int(seed) == 1 else fold_dir / f"seed{int(seed)}") / method
 
 
-def collect_voice_runs(output: str | Path, configs: Sequence[str], folds: Sequence[int], seed: int = 1,
-                       sets: Sequence[str] = SETS, method: str = "teacher") -> pd.DataFrame:
+def read_timing(path: str | Path) -> pd.DataFrame:
+    """The runner's headerless ``timing.csv``, finished processes only (exit 0); no seed field = seed 1."""
+    with open(path) as handle:
+        header = handle.readline().startswith("config,")  # timing_all.csv of an older runner had one
+    timing = pd.read_csv(path, names=TIMING_COLUMNS, skiprows=1 if header else 0)
+    timing["seed"] = timing["seed"].fillna(1).astype(int)
+    return timing[timing["exit"] == 0].reset_index(drop=True)
+
+
+def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    return [int(seeds)] if isinstance(seeds, (int, float)) else [int(s) for s in seeds]
+
+
+def collect_voice_runs(output: str | Path, configs: Sequence[str], folds: Sequence[int],
+                       seeds: int | Sequence[int] = 1, sets: Sequence[str] = SETS,
+                       method: str = "teacher") -> pd.DataFrame:
     """The deepest row of every finished sweep: ``method`` (= the configuration), ``test_set``, ``fold``,
     ``seed``, ``depth``, ``WER``, ``WER_beam``, ``encoder_params``; the frame ``dld_brain.study``'s statistics
     take. Unfinished runs (no sweep yet) are left out."""
     rows = []
-    for config in configs:
-        for fold in folds:
-            for test_set in sets:
-                path = run_folder(output, config, fold, method) / f"depth_sweep_{test_set}.csv"
-                if not path.is_file():
-                    continue
-                sweep = pd.read_csv(path)
-                last = sweep[sweep["depth"] == sweep["depth"].max()].iloc[0]
-                rows.append({"method": config, "test_set": test_set, "fold": int(fold), "seed": int(seed),
-                             "depth": int(last["depth"]), "WER": float(last["WER"]),
-                             "WER_beam": float(last["WER_beam"]) if "WER_beam" in last else float("nan"),
-                             "encoder_params": int(last["encoder_params"])})
+    for config, fold, seed in product(configs, folds, _seeds(seeds)):
+        for test_set in sets:
+            path = run_folder(output, config, fold, method, seed) / f"depth_sweep_{test_set}.csv"
+            if not path.is_file():
+                continue
+            sweep = pd.read_csv(path)
+            last = sweep[sweep["depth"] == sweep["depth"].max()].iloc[0]
+            rows.append({"method": config, "test_set": test_set, "fold": int(fold), "seed": int(seed),
+                         "depth": int(last["depth"]), "WER": float(last["WER"]),
+                         "WER_beam": float(last["WER_beam"]) if "WER_beam" in last else float("nan"),
+                         "encoder_params": int(last["encoder_params"])})
     return pd.DataFrame(rows, columns=["method", "test_set", "fold", "seed", "depth", "WER", "WER_beam",
                                        "encoder_params"])
 
 
 def collect_probe_groups(output: str | Path, configs: Sequence[str], folds: Sequence[int], manifest: str | Path,
-                         test_set: str = "tts", method: str = "teacher") -> pd.DataFrame:
+                         test_set: str = "tts", method: str = "teacher",
+                         seeds: int | Sequence[int] = 1) -> pd.DataFrame:
     """The probe's WER per voice and per string kind (isolated / strings) of every finished run at its deepest
-    swept depth, tagged with ``config`` and ``fold``."""
+    swept depth, tagged with ``config``, ``fold`` and ``seed``."""
     tables = []
-    for config in configs:
-        for fold in folds:
-            folder = run_folder(output, config, fold, method)
-            sweep = folder / f"depth_sweep_{test_set}.csv"
-            if not sweep.is_file():
-                continue
-            table = wer_by_group(folder, test_set, manifest, int(pd.read_csv(sweep)["depth"].max()))
-            tables.append(table.assign(config=config, fold=int(fold)))
+    for config, fold, seed in product(configs, folds, _seeds(seeds)):
+        folder = run_folder(output, config, fold, method, seed)
+        sweep = folder / f"depth_sweep_{test_set}.csv"
+        if not sweep.is_file():
+            continue
+        table = wer_by_group(folder, test_set, manifest, int(pd.read_csv(sweep)["depth"].max()))
+        tables.append(table.assign(config=config, fold=int(fold), seed=int(seed)))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
@@ -76,41 +94,55 @@ def _prefer_fresh(fresh: pd.DataFrame, committed: pd.DataFrame, keys: Sequence[s
 
 
 def merge_committed(folder: str | Path, runs: pd.DataFrame, groups: pd.DataFrame,
-                    timing: Optional[pd.DataFrame], configs: Sequence[str], folds: Sequence[int]):
+                    timing: Optional[pd.DataFrame], configs: Sequence[str], folds: Sequence[int],
+                    seeds: Optional[Sequence[int]] = None):
     """Add the finished runs of an earlier report (``folder``: its ``new_voices.csv``, ``tts_by_voice.csv``,
-    ``timing.csv``, e.g. one committed under docs/) to this machine's, restricted to ``configs`` x ``folds``;
-    a run present in both is taken from this machine. This is how a study run in pieces, on other days or
-    machines, is re-aggregated without its checkpoints. Returns ``(runs, groups, timing)``."""
+    ``timing.csv``, e.g. one committed under docs/) to this machine's, restricted to ``configs`` x ``folds``
+    (x ``seeds`` when given); a run (config, fold, seed) present in both is taken from this machine. This is how a
+    study run in pieces, on other days or machines, is re-aggregated without its checkpoints. Files written
+    before seeds were added hold seed 1. Returns ``(runs, groups, timing)``."""
     folder = Path(folder)
     path = folder / "new_voices.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no report to include (give a folder written by run_new_voices.py)")
 
     def ours(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-        return frame[frame[column].isin(list(configs)) & frame["fold"].isin([int(f) for f in folds])]
+        if "seed" not in frame:
+            frame = frame.assign(seed=1)
+        keep = frame[column].isin(list(configs)) & frame["fold"].isin([int(f) for f in folds])
+        if seeds is not None:
+            keep &= frame["seed"].isin([int(s) for s in seeds])
+        return frame[keep]
 
-    old_runs = ours(pd.read_csv(path), "method")
-    runs = _prefer_fresh(runs, old_runs, ["method", "test_set", "fold", "seed"])
+    runs = _prefer_fresh(runs, ours(pd.read_csv(path), "method"), ["method", "test_set", "fold", "seed"])
     if (folder / "tts_by_voice.csv").is_file():
         old_groups = ours(pd.read_csv(folder / "tts_by_voice.csv"), "config")
-        fresh_runs = set() if groups.empty else set(map(tuple, groups[["config", "fold"]].itertuples(index=False)))
-        old_groups = old_groups[[tuple(r) not in fresh_runs for r in old_groups[["config", "fold"]].itertuples(
-            index=False)]]
-        groups = pd.concat([groups, old_groups], ignore_index=True) if not groups.empty else old_groups
+        if not groups.empty and "seed" not in groups:
+            groups = groups.assign(seed=1)
+        groups = _prefer_runs(groups, old_groups)
     if (folder / "timing.csv").is_file():
-        old_timing = pd.read_csv(folder / "timing.csv", names=TIMING_COLUMNS)
-        old_timing = ours(old_timing[old_timing["exit"] == 0], "config")
-        fresh_runs = set() if timing is None or timing.empty else set(
-            map(tuple, timing[["config", "fold"]].itertuples(index=False)))
-        old_timing = old_timing[[tuple(r) not in fresh_runs for r in old_timing[["config", "fold"]].itertuples(
-            index=False)]]
-        timing = old_timing if timing is None or timing.empty else pd.concat([timing, old_timing],
-                                                                              ignore_index=True)
-    return runs.sort_values(["method", "test_set", "fold"], kind="stable").reset_index(drop=True), groups, timing
+        old_timing = ours(read_timing(folder / "timing.csv"), "config")
+        if timing is not None and not timing.empty and "seed" not in timing:
+            timing = timing.assign(seed=1)
+        timing = _prefer_runs(pd.DataFrame() if timing is None else timing, old_timing)
+    return (runs.sort_values(["method", "test_set", "fold", "seed"], kind="stable").reset_index(drop=True),
+            groups, timing)
+
+
+def _prefer_runs(fresh: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
+    """Every row of ``fresh`` and the rows of ``committed`` whose run (config, fold, seed) ``fresh`` lacks
+    (several rows per run: per voice, or a resumed run's pieces)."""
+    if fresh.empty:
+        return committed.reset_index(drop=True)
+    keys = ["config", "fold", "seed"]
+    seen = set(map(tuple, fresh[keys].itertuples(index=False)))
+    kept = committed[[tuple(r) not in seen for r in committed[keys].itertuples(index=False)]]
+    return pd.concat([fresh, kept], ignore_index=True)
 
 
 def config_summary(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per set and configuration, greedy and beam WER at full depth: folds ``n``, mean and t-interval."""
+    """Per set and configuration, greedy and beam WER at full depth: runs ``n`` (folds x seeds), mean and
+    t-interval."""
     if runs.empty:
         return pd.DataFrame()
     greedy = depth_summary(runs, "WER", confidence)
@@ -122,8 +154,8 @@ def config_summary(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
 
 
 def config_differences(runs: pd.DataFrame, a: str, b: str, confidence: float = 0.95) -> pd.DataFrame:
-    """``a - b`` per set, greedy and beam: paired t-interval over the folds both finished, and its p-value
-    (negative = ``a`` makes fewer errors)."""
+    """``a - b`` per set, greedy and beam: paired t-interval over the (fold, seed) runs both finished, and its
+    p-value (negative = ``a`` makes fewer errors)."""
     rows = []
     for test_set in dict.fromkeys(runs["test_set"]):
         at = runs[runs["test_set"] == test_set]
@@ -136,7 +168,8 @@ def config_differences(runs: pd.DataFrame, a: str, b: str, confidence: float = 0
 
 
 def probe_summary(groups: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per configuration and probe group (voice, isolated, strings, all): mean WER over folds and its interval."""
+    """Per configuration and probe group (voice, isolated, strings, all): mean WER over the runs (folds x seeds)
+    and its interval."""
     rows = []
     for (config, group), part in groups.groupby(["config", "group"], sort=False):
         for metric in ("WER", "WER_beam"):
@@ -158,15 +191,18 @@ def _ci(row, prefix: str = "") -> str:
 def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str | Sequence[str] = "voices",
                     b: str = "default", timing: Optional[pd.DataFrame] = None,
                     pairs: Sequence[tuple[str, str]] = ()) -> str:
-    """The report: WER per set and configuration (mean [95 % CI] over folds), the paired ``a - b`` differences
+    """The report: WER per set and configuration (mean [95 % CI] over folds x seeds), the paired ``a - b``
+    differences
     (one table per configuration in ``a``, then one per extra ``(x, y)`` of ``pairs``), the probe per voice,
     and the training cost per configuration when ``timing`` is given."""
     from dld_brain.sweep import markdown_table
 
-    lines = [f"## WER (%) at full depth, mean [95 % CI] over {runs['fold'].nunique()} leave-one-speaker-out folds",
-             ""]
+    seeds = runs["seed"].nunique()
+    over = f"{runs['fold'].nunique()} leave-one-speaker-out folds" + (f" x {seeds} seeds" if seeds > 1 else "")
+    unit = "runs" if seeds > 1 else "folds"
+    lines = [f"## WER (%) at full depth, mean [95 % CI] over {over}", ""]
     summary = config_summary(runs)
-    table = pd.DataFrame({"set": summary["test_set"], "config": summary["config"], "folds": summary["n"],
+    table = pd.DataFrame({"set": summary["test_set"], "config": summary["config"], unit: summary["n"],
                           "greedy": [_ci(r) for _, r in summary.iterrows()],
                           "beam + lexicon": [_ci(r, "_beam") for _, r in summary.iterrows()]})
     lines += [markdown_table(table), ""]
@@ -175,9 +211,9 @@ def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str | Sequence[
         diffs = config_differences(runs, config, b)
         if diffs.empty:
             continue
-        lines += [f"## Paired difference {config} - {b} (points; negative: {config} better), t over folds", ""]
+        lines += [f"## Paired difference {config} - {b} (points; negative: {config} better), t over {unit}", ""]
         view = pd.DataFrame({"set": diffs["test_set"], "decoding": diffs["metric"].map(
-            {"WER": "greedy", "WER_beam": "beam + lexicon"}), "folds": diffs["runs"],
+            {"WER": "greedy", "WER_beam": "beam + lexicon"}), unit: diffs["runs"],
             "diff [95 % CI]": [f"{r.run_diff:+.1f} [{r.run_ci_low:+.1f}, {r.run_ci_high:+.1f}]"
                                if pd.notna(r.run_ci_low) else f"{r.run_diff:+.1f}" for r in diffs.itertuples()],
             "p": [f"{p:.3f}" if pd.notna(p) else "-" for p in diffs["run_p_value"]]})
@@ -187,11 +223,12 @@ def voices_markdown(runs: pd.DataFrame, groups: pd.DataFrame, a: str | Sequence[
         wide = probe.assign(text=[_ci(r) for _, r in probe.iterrows()]).pivot_table(
             index="group", columns=["config", "metric"], values="text", aggfunc="first", sort=False)
         wide.columns = [f"{config} {'greedy' if metric == 'WER' else 'beam'}" for config, metric in wide.columns]
-        lines += ["## TTS probe per voice and string kind (WER %, mean [95 % CI] over folds)", "",
+        lines += [f"## TTS probe per voice and string kind (WER %, mean [95 % CI] over {unit})", "",
                   markdown_table(wide.reset_index()), ""]
     if timing is not None and not timing.empty:
-        per_run = timing.groupby(["config", "fold"], as_index=False)[["wall_s", "cpu_s"]].sum()  # resumed: summed
+        keys = ["config", "fold"] + (["seed"] if "seed" in timing else [])
+        per_run = timing.groupby(keys, as_index=False)[["wall_s", "cpu_s"]].sum()  # a resumed run's pieces summed
         cost = per_run.groupby("config", as_index=False)[["wall_s", "cpu_s"]].mean().round(0)
-        lines += ["## Training + scoring cost per run (mean over folds; a resumed run's pieces summed)", "",
+        lines += [f"## Training + scoring cost per run (mean over {unit}; a resumed run's pieces summed)", "",
                   markdown_table(cost), ""]
     return "\n".join(lines)

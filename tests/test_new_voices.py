@@ -283,7 +283,7 @@ def test_new_voices_runner_gives_each_override_once():
         import run_new_voices as runner
     finally:
         sys.path.pop(0)
-    args = argparse.Namespace(output="out", data_folder="data", seed=1, extra=[])
+    args = argparse.Namespace(output="out", data_folder="data", extra=[])
     keys = lambda argv: [a.split("=", 1)[0] for a in argv[1:]]  # noqa: E731
     long = runner.run_args(args, "voices30", 0, Path("probe.csv"))
     assert "--number_of_epochs=30" in long and len(set(keys(long))) == len(keys(long))
@@ -353,3 +353,61 @@ def test_new_voices_include_joins_a_committed_report(tmp_path):
     assert sorted(zip(timing["fold"], timing["wall_s"])) == [(0, 100.0), (1, 10.0), (2, 20.0)]
     with pytest.raises(FileNotFoundError, match="no report to include"):
         nv.merge_committed(tmp_path / "missing", runs, groups, timing, ["a"], [0])
+
+
+def test_new_voices_seeds_train_apart_and_aggregate_with_a_committed_seed(tmp_path):
+    """Seeds 2-3 added to a committed seed-1 report: each seed trains in its own folder (seed 1 keeps the old
+    layout, so old runs still resume), runs pair by (fold, seed), and the committed seed-1 runs of a fold are kept
+    beside this machine's seed-2 runs of the same fold (per-voice rows and timing included)."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from dld_brain import new_voices as nv
+
+    sys.path.insert(0, str(REPO / "recipes" / "FSDD"))
+    try:
+        import run_new_voices as runner
+    finally:
+        sys.path.pop(0)
+    args = argparse.Namespace(output=str(tmp_path / "out"), data_folder="data", extra=[])
+    roots = {seed: next(a for a in runner.run_args(args, "digits30", 0, Path("p.csv"), seed)
+                        if a.startswith("--experiment_root=")) for seed in (1, 2, 3)}
+    assert len(set(roots.values())) == 3 and roots[1] == f"--experiment_root={tmp_path / 'out' / 'digits30' / 'fold0'}"
+    assert "--seed=2" in runner.run_args(args, "digits30", 0, Path("p.csv"), 2)
+
+    refs = {"a1": "ONE", "a2": "TWO THREE"}
+    manifest = tmp_path / "tts.csv"
+    pd.DataFrame({"ID": list(refs), "spk_id": ["flite:kal"] * 2, "wrd": list(refs.values()), "wav": "x",
+                  "duration": 1.0}).to_csv(manifest, index=False)
+    here = tmp_path / "here"
+    for fold in (0, 1):
+        _fake_run(nv.run_folder(here, "a", fold, seed=2), "tts", {"a1": "ONE", "a2": "TWO"}, refs)  # 1 of 3
+        _fake_run(nv.run_folder(here, "b", fold, seed=2), "tts", {"a1": "NINE", "a2": "TWO"}, refs)  # 2 of 3
+    assert nv.collect_voice_runs(here, ["a"], [0, 1]).empty  # seed 1 was not trained here
+    runs = nv.collect_voice_runs(here, ["a", "b"], [0, 1], seeds=[2])
+    groups = nv.collect_probe_groups(here, ["a", "b"], [0, 1], manifest, seeds=[2])
+    assert set(runs["seed"]) == {2} and set(groups["seed"]) == {2}
+    old = tmp_path / "old"  # a report written before seeds: no seed in tts_by_voice.csv nor timing.csv
+    old.mkdir()
+    pd.DataFrame([{"method": m, "test_set": "tts", "fold": f, "seed": 1, "depth": 6, "WER": w, "WER_beam": w,
+                   "encoder_params": 100} for m, f, w in [("a", 0, 0.0), ("a", 1, 0.0), ("b", 0, 100.0),
+                                                          ("b", 1, 100.0)]]).to_csv(old / "new_voices.csv",
+                                                                                      index=False)
+    pd.DataFrame([{"group": "all", "utterances": 2, "words": 3, "WER": 0.0, "WER_beam": 0.0, "config": c,
+                   "fold": f} for c in "ab" for f in (0, 1)]).to_csv(old / "tts_by_voice.csv", index=False)
+    (old / "timing.csv").write_text("a,0,0,100.0,90.0\na,1,0,100.0,90.0\nb,0,0,100.0,90.0\nb,1,0,100.0,90.0\n")
+    (here / "timing.csv").write_text("a,0,0,300.0,290.0,2\na,1,0,300.0,290.0,2\n")
+    runs, groups, timing = nv.merge_committed(old, runs, groups, nv.read_timing(here / "timing.csv"), ["a", "b"],
+                                              [0, 1])
+    assert sorted(zip(runs["method"], runs["fold"], runs["seed"])) == [
+        (m, f, s) for m in "ab" for f in (0, 1) for s in (1, 2)]
+    assert len(groups[groups["group"] == "all"]) == 8 and sorted(set(groups["seed"])) == [1, 2]
+    assert sorted(zip(timing["config"], timing["seed"], timing["wall_s"])) == [
+        ("a", 1, 100.0), ("a", 1, 100.0), ("a", 2, 300.0), ("a", 2, 300.0), ("b", 1, 100.0), ("b", 1, 100.0)]
+    diffs = nv.config_differences(runs, "a", "b").set_index("metric")
+    assert diffs.loc["WER", "runs"] == 4  # paired by (fold, seed)
+    assert diffs.loc["WER", "run_diff"] == pytest.approx((-100 - 100 / 3) / 2)  # seed 1: 0 - 100, seed 2: 1 - 2 of 3
+    text = nv.voices_markdown(runs, groups, a="a", b="b", timing=timing)
+    assert "2 leave-one-speaker-out folds x 2 seeds" in text and "| a | 200 | 190 |" in text.replace(".0", "")
+    assert "t over runs" in text and "mean [95 % CI] over runs)" in text
